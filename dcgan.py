@@ -1,0 +1,91 @@
+"""DCGAN — Radford, Metz, Chintala 2015, "Unsupervised Representation Learning with Deep
+Convolutional Generative Adversarial Networks" (arXiv:1511.06434), as the authors' code
+(github.com/soumith/dcgan.torch) does it.
+
+    python dcgan.py                                   # built-in digits, 32x32, a few CPU minutes
+    python dcgan.py --path data/img_align_celeba      # any folder of images, 64x64
+    python dcgan.py --resume runs/dcgan/<run> --steps 4000
+    python dcgan.py --sample runs/dcgan/<run> --n 64 --out grid.png
+    python dcgan.py --sample runs/dcgan/<run> --interpolate --out walk.gif
+
+Departures from the paper, each named where the code has it:
+- On the built-in digits the networks are narrower (width 32, not 64) and the run is
+  2,000 generator updates, so that it takes minutes on a CPU. On any other data the
+  paper's width is used; the paper gives no step count for faces, so a folder run defaults
+  to 20,000 updates (about 13 CelebA epochs at batch 128).
+- Samples in grids use BatchNorm's running statistics (eval mode); the authors' code
+  samples with batch statistics. Eval mode makes a grid change nothing in the run.
+"""
+import torch
+import torch.nn.functional as F
+
+import common
+
+# ---- defaults: the paper's (§4 "Details of adversarial training") --------------------
+DEFAULTS = dict(
+    batch_size=128,   # "mini-batch stochastic gradient descent with a mini-batch size of 128"
+    steps=20_000,     # not in the paper (see the docstring)
+    z_dim=100,        # Fig. 1: a 100-dimensional uniform distribution Z (the authors' code: N(0, I))
+    width=64,         # the authors' code: ngf = ndf = 64
+    g_lr=2e-4,        # "learning rate of 0.0002"
+    d_lr=2e-4,
+)
+SMALL = dict(width=32, steps=2000)  # the built-in digits (see the docstring)
+
+
+def build_parser():
+    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    g = p.add_argument_group("dcgan")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (paper: 0.5; 0.9 'resulted in training oscillation')")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (paper: Adam's default)")
+    return p
+
+
+class DCGAN(common.GAN):
+    name = "dcgan"
+
+    def __init__(self, args, shape, device):
+        super().__init__(args, shape, device)
+        C, H, W = shape
+        # Generator: fractionally-strided convs, BatchNorm + ReLU, tanh output (paper Fig. 1)
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
+        # Discriminator: strided convs, LeakyReLU(0.2), BatchNorm on all layers but the first
+        self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
+        betas = (args.beta1, args.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+
+    def train_step(self, real):
+        x = real()                                   # (B, C, H, W) in [-1, 1]
+        B = len(x)
+        z = self.sample_z(B)                         # (B, z_dim) ~ N(0, I)
+        fake = self.G(z)                             # (B, C, H, W)
+
+        # D maximises log D(x) + log(1 − D(G(z)))   (Goodfellow et al. 2014, Eq. 1)
+        # i.e. minimises BCE(D(x), 1) + BCE(D(G(z)), 0), computed on logits for stability.
+        # Real and fake go through D in separate batches, as the authors' code does (so each
+        # BatchNorm sees one kind of image).
+        d_real = self.D(x)                           # (B,) logits
+        d_fake = self.D(fake.detach())               # (B,)
+        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # G: the non-saturating loss, max log D(G(z)) instead of min log(1 − D(G(z)))
+        # (Goodfellow et al. 2014 §3), i.e. minimise BCE(D(G(z)), 1). Same fake as above,
+        # as in the authors' code; D has just been updated.
+        d_gen = self.D(fake)                         # (B,)
+        loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "d_real": torch.sigmoid(d_real).mean().detach(),   # D(x), should stay below 1
+                "d_fake": torch.sigmoid(d_fake).mean().detach()}   # D(G(z)) before D's update
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main(DCGAN, build_parser()))

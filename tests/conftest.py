@@ -1,0 +1,55 @@
+"""Shared test helpers. Tests run on a 2-core CPU with no GPU, in a few minutes."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# The Triton kernels run under Triton's CPU interpreter in the tests; the flag must be set
+# before anything imports triton.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Tiny settings: a few steps of narrow networks on 16x16 images.
+TINY = ["--steps", "4", "--batch-size", "8", "--width", "4", "--image-size", "16",
+        "--log-every", "2", "--sample-every", "2", "--checkpoint-every", "2", "--no-progress"]
+
+
+def run_script(script, *args, cwd=None, timeout=300, env=None):
+    """Run a script as a user would (a subprocess); returns the CompletedProcess."""
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def run_main(module, argv, capsys=None):
+    """Run a script's main() in this process (fast: torch is already imported)."""
+    import importlib
+    import common
+    mod = importlib.import_module(module)
+    cls = next(v for v in vars(mod).values()
+               if isinstance(v, type) and issubclass(v, common.GAN) and v is not common.GAN)
+    try:
+        return common.main(cls, mod.build_parser(), [str(a) for a in argv])
+    except SystemExit as e:  # argparse errors
+        return e.code
+
+
+def one_error_line(stderr: str) -> str:
+    """The bad-input contract: exactly one line on stderr, and no traceback."""
+    lines = [l for l in stderr.strip().splitlines() if l.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def tiny():
+    return list(TINY)
