@@ -1,0 +1,75 @@
+"""The two ops only GANs have, fused with Triton on CUDA, plain PyTorch elsewhere.
+
+    gradient_penalty(grad, target=1.0)   WGAN-GP / DRAGAN: mean_i (||grad_i||_2 - target)^2
+    pullaway(emb)                        EBGAN: mean squared cosine over pairs i != j
+
+Both return a scalar of the input's dtype (the math is fp32, fp64 for fp64 input) and are
+differentiable with respect to their input. Each module (gradient_penalty.py,
+pullaway.py) holds its Triton kernels, their host functions, an autograd.Function and the
+PyTorch reference.
+
+Which path runs is decided at each call by the environment variable GAN_KERNELS:
+    auto (default)   Triton for fp16/bf16/fp32 CUDA tensors when Triton imports; else the reference
+    triton           always Triton (on CPU tensors: Triton's interpreter, TRITON_INTERPRET=1
+                     set before `kernels` is imported)
+    reference        always the PyTorch reference
+last_path() says which one ran last: "triton", "reference", or None before any call.
+"""
+import os
+
+import torch
+
+from .gradient_penalty import GradientPenaltyFunction, gradient_penalty_reference
+from .gradient_penalty import _gp_fwd_kernel, triton
+from .pullaway import PullawayFunction, check_batch, pullaway_reference
+
+__all__ = ["gradient_penalty", "pullaway", "last_path", "gradient_penalty_reference", "pullaway_reference"]
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Triton decides when a kernel is defined (at import) whether it compiles it or interprets it.
+INTERPRETED = triton is not None and type(_gp_fwd_kernel).__name__ == "InterpretedFunction"
+_last_path = None
+
+
+def last_path():
+    """"triton" or "reference": the path the last gradient_penalty/pullaway call took."""
+    return _last_path
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    global _last_path
+    mode = os.environ.get("GAN_KERNELS", "auto")
+    if mode == "auto":
+        use = triton is not None and x.is_cuda and x.dtype in TRITON_DTYPES
+    elif mode == "reference":
+        use = False
+    elif mode == "triton":
+        if triton is None:
+            raise RuntimeError("GAN_KERNELS=triton, but triton is not installed")
+        if x.dtype not in TRITON_DTYPES:
+            raise TypeError(f"GAN_KERNELS=triton: the kernels take float16, bfloat16 or float32, got {x.dtype}")
+        if not x.is_cuda and not INTERPRETED:
+            raise RuntimeError(f"GAN_KERNELS=triton with a {x.device.type} tensor needs Triton's interpreter: "
+                               "set TRITON_INTERPRET=1 before importing kernels")
+        use = True
+    else:
+        raise ValueError(f"GAN_KERNELS must be auto, triton or reference, got {mode!r}")
+    _last_path = "triton" if use else "reference"
+    return use
+
+
+def gradient_penalty(grad: torch.Tensor, target: float = 1.0) -> torch.Tensor:
+    """mean_i (||grad_i||_2 - target)^2, each sample's norm over all its non-batch axes
+    (Gulrajani et al. 2017, Eq. 3). grad: (N, ...), e.g. from autograd.grad(..., create_graph=True)."""
+    if _use_triton(grad):
+        return GradientPenaltyFunction.apply(grad, target)
+    return gradient_penalty_reference(grad, target)
+
+
+def pullaway(emb: torch.Tensor) -> torch.Tensor:
+    """1/(N(N-1)) sum_{i != j} cos(emb_i, emb_j)^2, rows flattened over all non-batch axes
+    (Zhao et al. 2016, Eq. 14). emb: (N, ...), N >= 2."""
+    check_batch(emb.shape[0])
+    if _use_triton(emb):
+        return PullawayFunction.apply(emb)
+    return pullaway_reference(emb)
