@@ -1,0 +1,140 @@
+"""DRAGAN — Kodali, Abernethy, Hays, Kira 2017, "On Convergence and Stability of GANs"
+(arXiv:1705.07215), on the DCGAN networks, with the penalty as the authors' code
+(github.com/kodalinaveen3/DRAGAN, DRAGAN.ipynb) computes it.
+
+    python dragan.py                                  # built-in digits, 32x32, a few CPU minutes
+    python dragan.py --path data/img_align_celeba     # any folder of images, 64x64
+    python dragan.py --perturb paper --perturb-c 0.1  # the paper's Gaussian perturbation
+    python dragan.py --resume runs/dragan/<run> --steps 40000
+    python dragan.py --sample runs/dragan/<run> --n 64 --out grid.png
+
+The algorithm: the standard GAN game (non-saturating G loss), and D also pays
+λ·E[(‖∇D(x̂)‖₂ − 1)²] at points x̂ near the real data (not between real and fake, as WGAN-GP).
+
+Departures from the paper, each named where the code has it:
+- x̂ is drawn as the authors' code draws it: x̂ = x + α·δ, δ = 0.5·std(x)·U[0, 1) per element
+  (std over the whole batch), α ~ U[0, 1] per sample, not clamped to the data range. The
+  paper's Eq. 1 writes x̂ = x + δ, δ ~ N(0, c·I); `--perturb paper` does that, with
+  `--perturb-c` (c is a variance, in the units of the data: the paper's c ≈ 10 is set for its
+  data; the images here lie in [-1, 1], where c ≈ 10 puts x̂ far off the data).
+- The networks are DCGAN's (the paper's experiments use DCGAN among others) without
+  BatchNorm in D: a per-sample gradient penalty is not valid with batch statistics.
+- On the built-in digits the networks are narrower (width 32, not 64) and the run is
+  1,200 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
+  a folder run defaults to 20,000 updates.
+"""
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+
+import common
+import kernels
+
+# ---- defaults: the paper's and its authors' code (DRAGAN.ipynb) ------------------------
+DEFAULTS = dict(
+    batch_size=128,   # the authors' code: mb_size = 128
+    steps=20_000,     # not in the paper (see the docstring)
+    z_dim=100,        # the authors' code: z_dim = 100, z ~ U[-1, 1]
+    width=64,         # DCGAN's ngf = ndf = 64
+    g_lr=1e-4,        # the authors' code: Adam(learning_rate=1e-4, beta1=0.5, beta2=0.9) for both
+    d_lr=1e-4,
+)
+SMALL = dict(width=32, steps=1200)  # the built-in digits (see the docstring)
+
+
+def nonnegative(text):
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return v
+
+
+def build_parser():
+    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    g = p.add_argument_group("dragan")
+    g.add_argument("--lambda-gp", type=nonnegative, default=10.0,
+                   help="weight λ of the gradient penalty (paper: λ ≈ 10; the authors' code: 10)")
+    g.add_argument("--perturb", choices=("authors", "paper"), default="authors",
+                   help="x̂ = x + α·0.5·std(x)·U[0,1) as the authors' code (default), "
+                        "or x + N(0, c·I) as the paper's Eq. 1")
+    g.add_argument("--perturb-c", type=nonnegative, default=10.0,
+                   help="with --perturb paper: the variance c of δ ~ N(0, c·I) (paper: c ≈ 10, for its data scale)")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (the authors' code: 0.5)")
+    g.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (the authors' code: 0.9)")
+    return p
+
+
+class DRAGAN(common.GAN):
+    name = "dragan"
+    z_prior = "uniform"  # the authors' code: z ~ U[-1, 1]
+
+    def __init__(self, args, shape, device):
+        super().__init__(args, shape, device)
+        C, H, W = shape
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
+        # No BatchNorm in D: the penalty is per sample, and batch statistics would couple samples.
+        self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="none").to(device)
+        betas = (args.beta1, args.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+
+    def perturb(self, x):
+        """Points x̂ (B, C, H, W) near the real batch x, where the penalty is taken."""
+        if self.args.perturb == "paper":
+            # x̂ = x + δ, δ ~ N(0, c·I)                              (Kodali et al. 2017, Eq. 1)
+            return x + math.sqrt(self.args.perturb_c) * torch.randn_like(x)
+        # The authors' code: x_p = x + 0.5·std(x)·U[0, 1) per element (std over the batch,
+        # numpy's ddof=0), x̂ = x + α·(x_p − x) with α ~ U[0, 1] per sample; no clamping.
+        delta = 0.5 * x.std(correction=0) * torch.rand_like(x)          # (B, C, H, W)
+        alpha = torch.rand(len(x), *[1] * (x.dim() - 1), device=x.device)  # (B, 1, 1, 1)
+        return x + alpha * delta
+
+    def penalty(self, x_hat):
+        """E[(‖∇D(x̂)‖₂ − 1)²] with its graph (so that it trains D), and the mean ‖∇D(x̂)‖₂."""
+        x_hat = x_hat.detach().requires_grad_(True)
+        # the gradient of the logit; summing over the batch gives each sample its own gradient,
+        # since D has no batch statistics
+        grad, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)  # (B, C, H, W)
+        # λ's factor: E[(‖∇D(x̂)‖₂ − 1)²], each norm over all of a sample's (C, H, W)
+        gp = kernels.gradient_penalty(grad, target=1.0)
+        with torch.no_grad():
+            grad_norm = grad.flatten(1).norm(dim=1).mean()
+        return gp, grad_norm
+
+    def train_step(self, real):
+        x = real()                                   # (B, C, H, W) in [-1, 1]
+        B = len(x)
+        fake = self.G(self.sample_z(B))              # (B, C, H, W)
+
+        # D: min −E[log D(x)] − E[log(1 − D(G(z)))] + λ·E[(‖∇D(x̂)‖₂ − 1)²]
+        # (Kodali et al. 2017, Eq. 1, on the GAN loss of Goodfellow et al. 2014, Eq. 1), on
+        # logits for stability. Both terms are backpropagated: D's loss and the penalty train D.
+        d_real = self.D(x)                           # (B,) logits
+        d_fake = self.D(fake.detach())               # (B,)
+        gp, grad_norm = self.penalty(self.perturb(x))
+        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+                  + self.args.lambda_gp * gp)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # G: the non-saturating loss, min −E[log D(G(z))] (Goodfellow et al. 2014 §3), on a
+        # fresh z, as the authors' code does.
+        d_gen = self.D(self.G(self.sample_z(B)))     # (B,)
+        loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "gp": gp.detach(),                   # E[(‖∇D(x̂)‖ − 1)²], without λ
+                "grad_norm": grad_norm,              # mean ‖∇D(x̂)‖, near 1 when the penalty holds
+                "d_real": torch.sigmoid(d_real).mean().detach(),
+                "d_fake": torch.sigmoid(d_fake).mean().detach()}
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main(DRAGAN, build_parser()))

@@ -1,0 +1,106 @@
+"""LSGAN — Mao, Li, Xie, Lau, Wang, Smolley 2016, "Least Squares Generative Adversarial
+Networks" (arXiv:1611.04076), on the DCGAN networks, with the authors' code
+(github.com/xudonmao/LSGAN) where the paper leaves a detail open.
+
+    python lsgan.py                                   # built-in digits, 32x32, a few CPU minutes
+    python lsgan.py --path data/lsun_church           # any folder of images, 64x64
+    python lsgan.py --abc=-1,1,0                      # the chi^2 setting (paper Eq. 8)
+    python lsgan.py --resume runs/lsgan/<run> --steps 40000
+    python lsgan.py --sample runs/lsgan/<run> --n 64 --out grid.png
+
+Departures from the paper, each named where the code has it:
+- The networks are the DCGAN ones (common.DCGANGenerator / DCGANDiscriminator, BatchNorm in
+  both, D's output linear); the paper's own 112x112 networks (§3.3: a fully connected layer,
+  then 3x3 deconvolutions) are built for LSUN scenes and are not implemented.
+- The losses are means over the batch (½E[.]), as the paper writes them; the authors'
+  code sums over the batch (tf.nn.l2_loss), which only rescales the gradients.
+- On the built-in digits the networks are narrower (width 32, not 64) and the run is
+  2,500 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
+  a folder run defaults to 20,000 updates.
+- On the built-in digits both learning rates are 0.001, the authors' rate for LSUN scenes:
+  at 0.0002 (their rate for handwritten characters) G stayed at grey noise for the first
+  500 updates while D separated real from fake (d_real 0.99, d_fake 0.03), and the short run
+  never started; at 0.001 digits form within 200 updates.
+"""
+import argparse
+
+import torch
+
+import common
+
+# ---- defaults: the paper's (§3.2, §4.1) and its authors' code --------------------------
+DEFAULTS = dict(
+    batch_size=64,    # the authors' code (train_lsun.py, train_chn.py): batch_size 64
+    steps=20_000,     # not in the paper (see the docstring)
+    z_dim=1024,       # §3.3: the generator takes z of 1024 dims; the authors' code: z_dim 1024
+    width=64,         # DCGAN's ngf = ndf = 64 (the paper builds on a DCGAN implementation, §4.1)
+    g_lr=2e-4,        # the authors' code for handwritten characters (train_chn.py: 0.0002;
+    d_lr=2e-4,        # their LSUN scenes use 0.001)
+)
+SMALL = dict(width=32, steps=2500, g_lr=1e-3, d_lr=1e-3)  # the built-in digits (see the docstring)
+
+
+def abc_labels(text):
+    """'0,1,1' -> (a, b, c): the fake label, the real label, the label G wants for its fakes."""
+    try:
+        a, b, c = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three numbers a,b,c, e.g. 0,1,1 or -1,1,0")
+    return (a, b, c)
+
+
+def build_parser():
+    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    g = p.add_argument_group("lsgan")
+    g.add_argument("--abc", type=abc_labels, default=(0.0, 1.0, 1.0), metavar="A,B,C",
+                   help="labels: a for fakes and b for reals in D's loss, c in G's loss (default 0,1,1, "
+                        "the paper's Eq. 9 used in its experiments; --abc=-1,1,0 is Eq. 8, minimising Pearson chi^2)")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (paper: 0.5)")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (paper: Adam's default 0.999)")
+    return p
+
+
+class LSGAN(common.GAN):
+    name = "lsgan"
+    z_prior = "uniform"  # the authors' code: z ~ U[-1, 1]
+
+    def __init__(self, args, shape, device):
+        super().__init__(args, shape, device)
+        C, H, W = shape
+        self.a, self.b, self.c = args.abc
+        # DCGAN networks (paper §3.3 builds on DCGAN); D's output is linear: no sigmoid (§3.2)
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
+        self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
+        betas = (args.beta1, args.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+
+    def train_step(self, real):
+        x = real()                                   # (B, C, H, W) in [-1, 1]
+        z = self.sample_z(len(x))                    # (B, z_dim) ~ U[-1, 1]
+        fake = self.G(z)                             # (B, C, H, W)
+
+        # D: min ½ E_x[(D(x) − b)²] + ½ E_z[(D(G(z)) − a)²]        (Mao et al. 2016, Eq. 2)
+        # mean of the squares over the batch, not the square of the mean
+        d_real = self.D(x)                           # (B,)
+        d_fake = self.D(fake.detach())               # (B,)
+        loss_d = 0.5 * (d_real - self.b).square().mean() + 0.5 * (d_fake - self.a).square().mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # G: min ½ E_z[(D(G(z)) − c)²]                                (Mao et al. 2016, Eq. 2)
+        # Same fake as above: the authors' code feeds G's step the same z.
+        d_gen = self.D(fake)                         # (B,)
+        loss_g = 0.5 * (d_gen - self.c).square().mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "d_real": d_real.mean().detach(),    # D(x), heads to b
+                "d_fake": d_fake.mean().detach()}    # D(G(z)) before D's update, between a and b
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main(LSGAN, build_parser()))

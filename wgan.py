@@ -1,0 +1,119 @@
+"""WGAN — Arjovsky, Chintala, Bottou 2017, "Wasserstein GAN" (arXiv:1701.07875), Algorithm 1,
+with the critic schedule of the authors' code (github.com/martinarjovsky/WassersteinGAN).
+
+    python wgan.py                                    # built-in digits, 32x32, a few CPU minutes
+    python wgan.py --path data/lsun_bedroom           # any folder of images, 64x64
+    python wgan.py --resume runs/wgan/<run> --steps 40000
+    python wgan.py --sample runs/wgan/<run> --n 64 --out grid.png
+
+The critic f (the DCGAN discriminator with no sigmoid) maximises E[f(x)] - E[f(G(z))] over
+weights clipped to [-c, c]; the generator minimises -E[f(G(z))]. The critic's objective,
+E[f(x)] - E[f(G(z))], estimates the Wasserstein distance (up to a constant): it is logged as
+`wasserstein` and should fall as the samples improve (Fig. 3 and 4 of the paper).
+
+Departures from the paper, each named where the code has it:
+- The authors' code trains the critic 100 times (not n_critic) for the first 25 generator
+  updates and every 500th; this is kept (--critic-warmup; 0 turns it off).
+- On the built-in digits the networks are narrower (width 32, not 64), the run is 1,000
+  generator updates, the learning rate is 2e-4 (not 5e-5) and there is no critic warm-up, so
+  that it draws digits in minutes on a CPU (the warm-up alone would take half of them).
+  On any other data the paper's values are used; the paper gives no step count, so a folder
+  run defaults to 100,000 generator updates.
+- The critic's parameters are clipped after each critic update, as Algorithm 1 says; the
+  authors' code clips before each one (so its generator sees a critic one update past its
+  last clip).
+- Samples in grids use BatchNorm's running statistics (eval mode), as in dcgan.py.
+"""
+import argparse
+
+import torch
+
+import common
+
+# ---- defaults: the paper's (Algorithm 1) and the authors' code ------------------------
+DEFAULTS = dict(
+    batch_size=64,    # Algorithm 1: m = 64
+    steps=100_000,    # not in the paper (see the docstring)
+    z_dim=100,        # the authors' code: nz = 100, z ~ N(0, I)
+    width=64,         # the authors' code: ngf = ndf = 64 (the DCGAN generator and critic)
+    g_lr=5e-5,        # Algorithm 1: alpha = 0.00005 (RMSProp)
+    d_lr=5e-5,
+    critic_warmup=100,  # the authors' code: Diters = 100 for the first 25 generator iterations and every 500th
+)
+SMALL = dict(width=32, steps=1000, g_lr=2e-4, d_lr=2e-4, critic_warmup=0)  # the built-in digits (see the docstring)
+
+
+def _count(text):
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a count (0 or more)")
+    return v
+
+
+def build_parser():
+    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    g = p.add_argument_group("wgan")
+    g.add_argument("--n-critic", type=common._positive_int, default=5,
+                   help="critic updates per generator update (paper: n_critic = 5)")
+    g.add_argument("--clip", type=float, default=0.01,
+                   help="every critic parameter is clipped to [-clip, clip] (paper: c = 0.01)")
+    g.add_argument("--critic-warmup", type=_count, default=None, metavar="N",
+                   help="critic updates for the first 25 generator updates and every 500th; 0: n_critic "
+                        "throughout (default 100, the authors' code; 0 on the built-in digits data)")
+    return p
+
+
+class WGAN(common.GAN):
+    name = "wgan"
+
+    def __init__(self, args, shape, device):
+        super().__init__(args, shape, device)
+        C, H, W = shape
+        # The DCGAN generator (BatchNorm + ReLU, tanh) and the DCGAN discriminator as the critic:
+        # BatchNorm kept, as in the paper's experiments, and no sigmoid (f is a real-valued score).
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
+        self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
+        # Algorithm 1: RMSProp; §4: a momentum optimizer (Adam) on the critic made training unstable
+        self.opt_g = torch.optim.RMSprop(self.G.parameters(), lr=args.g_lr)
+        self.opt_d = torch.optim.RMSprop(self.D.parameters(), lr=args.d_lr)
+
+    def critic_iters(self) -> int:
+        # The authors' code: "if gen_iterations < 25 or gen_iterations % 500 == 0: Diters = 100"
+        if self.args.critic_warmup and (self.step < 25 or self.step % 500 == 0):
+            return self.args.critic_warmup
+        return self.args.n_critic
+
+    def train_step(self, real):
+        n_critic = self.critic_iters()
+        for _ in range(n_critic):
+            x = real()                                   # (B, C, H, W) in [-1, 1], fresh each time
+            B = len(x)
+            with torch.no_grad():
+                fake = self.G(self.sample_z(B))          # (B, C, H, W)
+            # Critic: maximise E[f(x)] - E[f(G(z))]   (Arjovsky et al. 2017, Eq. 3; Algorithm 1, line 5)
+            # i.e. minimise loss_d = E[f(G(z))] - E[f(x)]. Real and fake go through the critic
+            # in separate batches, as in the authors' code (each BatchNorm sees one kind).
+            wasserstein = self.D(x).mean() - self.D(fake).mean()
+            loss_d = -wasserstein
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+            # Algorithm 1, line 7: w <- clip(w, -c, c), every parameter (BatchNorm's scale and shift too)
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-self.args.clip, self.args.clip)
+
+        # Generator: minimise -E[f(G(z))]   (Algorithm 1, lines 9-11), a fresh batch of z
+        z = self.sample_z(self.args.batch_size)          # (B, z_dim)
+        loss_g = -self.D(self.G(z)).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        return {"wasserstein": wasserstein.detach(),     # E[f(x)] - E[f(G(z))], last critic update
+                "loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "n_critic": torch.tensor(float(n_critic), device=self.device)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main(WGAN, build_parser()))

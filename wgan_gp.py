@@ -1,0 +1,213 @@
+"""WGAN-GP — Gulrajani, Ahmed, Arjovsky, Dumoulin, Courville 2017, "Improved Training of
+Wasserstein GANs" (arXiv:1704.00028), Algorithm 1, with the networks of the authors' code
+(github.com/igul222/improved_wgan_training, gan_64x64.py).
+
+    python wgan_gp.py                                 # built-in digits, 32x32, a few CPU minutes
+    python wgan_gp.py --path data/lsun_bedroom        # any folder of images, 64x64
+    python wgan_gp.py --path data/lsun_bedroom --arch resnet   # the paper's ResNet (appendix)
+    python wgan_gp.py --resume runs/wgan_gp/<run> --steps 40000
+    python wgan_gp.py --sample runs/wgan_gp/<run> --n 64 --out grid.png
+
+The critic D minimises E[D(G(z))] - E[D(x)] + lambda E[(||grad D(x^)||_2 - 1)^2] at points x^
+drawn uniformly on lines between real and generated samples; the generator minimises
+-E[D(G(z))]. Logged: `wasserstein` (E[D(x)] - E[D(G(z))], which should fall as samples
+improve), `gp` (the penalty, before lambda) and `grad_norm` (the mean ||grad D(x^)||, which
+sits near 1 in a healthy run).
+
+Two architectures (--arch), both built from the image size:
+- dcgan: the DCGAN generator (BatchNorm) and the DCGAN discriminator as the critic with layer
+  normalisation instead of BatchNorm (or none: --critic-norm none), §4 "no critic batch
+  normalization". The built-in digits use it: it is the cheaper of the two on a CPU.
+- resnet: the authors' 64x64 "Good" generator and discriminator (the paper's appendix), of
+  pre-activation residual blocks (upsample-conv / conv-mean-pool), BatchNorm in the
+  generator, layer normalisation in the critic.
+
+Departures from the paper, each named where the code has it:
+- On the built-in digits the networks are narrower (width 32, not 64) and the run is 600
+  generator updates, so that it takes minutes on a CPU. On any other data the authors'
+  values are used: 200,000 generator updates, as in their code.
+- The --arch dcgan networks are common.py's DCGAN stack (4x4 kernels, N(0, 0.02) weights),
+  not the authors' TensorFlow DCGAN variant (5x5 kernels, a linear first layer of G).
+- Samples in grids use BatchNorm's running statistics (eval mode), as in dcgan.py.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+import kernels
+
+# ---- defaults: the paper's (Algorithm 1) and the authors' code (gan_64x64.py) --------
+DEFAULTS = dict(
+    batch_size=64,    # Algorithm 1's m; the authors' code: BATCH_SIZE = 64
+    steps=200_000,    # the authors' code: ITERS = 200000 generator iterations
+    z_dim=128,        # the authors' code: noise = tf.random_normal([n_samples, 128])
+    width=64,         # the authors' code: DIM = 64
+    g_lr=1e-4,        # Algorithm 1: alpha = 0.0001 (Adam)
+    d_lr=1e-4,
+)
+SMALL = dict(width=32, steps=600)  # the built-in digits (see the docstring)
+
+
+def build_parser():
+    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    g = p.add_argument_group("wgan-gp")
+    g.add_argument("--arch", choices=("dcgan", "resnet"), default="dcgan",
+                   help="networks: the DCGAN stack, or the paper's ResNet (appendix; the authors' gan_64x64.py)")
+    g.add_argument("--critic-norm", choices=("layer", "none"), default="layer",
+                   help="normalisation in the critic (paper: layer normalisation; never BatchNorm)")
+    g.add_argument("--gp-lambda", type=float, default=10.0, help="gradient penalty weight (paper: lambda = 10)")
+    g.add_argument("--n-critic", type=common._positive_int, default=5,
+                   help="critic updates per generator update (paper: n_critic = 5)")
+    g.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (paper: 0)")
+    g.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (paper: 0.9)")
+    return p
+
+
+# ---- the paper's ResNet (appendix; gan_64x64.py GoodGenerator / GoodDiscriminator) ----
+
+def _tf_init(conv: nn.Module, he: bool) -> nn.Module:
+    """The authors' tflib initialisation: uniform with std sqrt(4 / (fan_in + fan_out)) ('he')
+    or sqrt(2 / (fan_in + fan_out)) (Glorot), fan_out counting the kernel; zero biases."""
+    k = conv.weight[0, 0].numel() if conv.weight.dim() == 4 else 1
+    fan_in, fan_out = conv.weight.shape[1] * k, conv.weight.shape[0] * k
+    std = math.sqrt((4.0 if he else 2.0) / (fan_in + fan_out))
+    nn.init.uniform_(conv.weight, -std * math.sqrt(3), std * math.sqrt(3))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _conv(cin, cout, k, he=True, bias=True):
+    return _tf_init(nn.Conv2d(cin, cout, k, 1, k // 2, bias=bias), he)
+
+
+class ResBlock(nn.Module):
+    """gan_64x64.py ResidualBlock, resample 'up' or 'down' (pre-activation):
+    out = shortcut(x) + conv2(relu(norm2(conv1(relu(norm1(x))))))
+      up:   conv1 = upsample (nearest, x2) then 3x3 conv;  conv2 = 3x3 conv;  shortcut = upsample, 1x1 conv
+      down: conv1 = 3x3 conv;  conv2 = 3x3 conv then 2x2 mean pool;  shortcut = mean pool, 1x1 conv"""
+
+    def __init__(self, cin, cout, resample, norm):
+        super().__init__()
+        self.resample = resample
+        mid = cout if resample == "up" else cin
+        self.norm1, self.norm2 = common._norm2d(norm, cin), common._norm2d(norm, mid)
+        self.conv1 = _conv(cin, mid, 3, bias=False)
+        self.conv2 = _conv(mid, cout, 3)
+        self.shortcut = _conv(cin, cout, 1, he=False)
+
+    def forward(self, x):                                     # (B, cin, h, w)
+        if self.resample == "up":
+            up = F.interpolate(x, scale_factor=2, mode="nearest")  # (B, cin, 2h, 2w)
+            h = self.conv1(F.interpolate(F.relu(self.norm1(x)), scale_factor=2, mode="nearest"))
+            return self.shortcut(up) + self.conv2(F.relu(self.norm2(h)))        # (B, cout, 2h, 2w)
+        h = self.conv1(F.relu(self.norm1(x)))
+        h = F.avg_pool2d(self.conv2(F.relu(self.norm2(h))), 2)
+        return self.shortcut(F.avg_pool2d(x, 2)) + h                            # (B, cout, h/2, w/2)
+
+
+def _resnet_channels(width, L):
+    """Channels of the maps from the smallest (index 0) to the image size (index L): double
+    at each halving of the size, at most 8 x width. At 64x64: 8w, 8w, 4w, 2w, w (the authors')."""
+    return [width * min(8, 2 ** (L - j)) for j in range(L + 1)]
+
+
+class ResNetGenerator(nn.Module):
+    """gan_64x64.py GoodGenerator: z -> linear -> (8w, 4, 4) -> one 'up' residual block per
+    doubling -> BatchNorm, ReLU, 3x3 conv, tanh."""
+
+    def __init__(self, z_dim, channels, hw, width=64):
+        super().__init__()
+        L = common._levels(hw)
+        self.h0, self.w0 = hw[0] >> L, hw[1] >> L
+        ch = _resnet_channels(width, L)
+        self.input = _tf_init(nn.Linear(z_dim, ch[0] * self.h0 * self.w0), he=False)
+        self.blocks = nn.Sequential(*[ResBlock(ch[j], ch[j + 1], "up", "batch") for j in range(L)])
+        self.out = nn.Sequential(nn.BatchNorm2d(ch[L]), nn.ReLU(), _conv(ch[L], channels, 3), nn.Tanh())
+
+    def forward(self, z):                                     # (B, z_dim)
+        x = self.input(z).view(len(z), -1, self.h0, self.w0)  # (B, 8w, h0, w0)
+        return self.out(self.blocks(x))                       # (B, C, H, W)
+
+
+class ResNetCritic(nn.Module):
+    """gan_64x64.py GoodDiscriminator: 3x3 conv to w channels -> one 'down' residual block per
+    halving -> linear to one score (B,). Layer normalisation in the blocks, as the authors'
+    code does for WGAN-GP (or none)."""
+
+    def __init__(self, channels, hw, width=64, norm="layer"):
+        super().__init__()
+        L = common._levels(hw)
+        ch = _resnet_channels(width, L)[::-1]                 # w, 2w, 4w, 8w, 8w at 64x64
+        self.input = _conv(channels, ch[0], 3, he=False)
+        self.blocks = nn.Sequential(*[ResBlock(ch[j], ch[j + 1], "down", norm) for j in range(L)])
+        self.head = _tf_init(nn.Linear(ch[L] * (hw[0] >> L) * (hw[1] >> L), 1), he=False)
+
+    def forward(self, x):                                     # (B, C, H, W)
+        h = self.blocks(self.input(x))                        # (B, 8w, h0, w0)
+        return self.head(h.flatten(1)).view(len(x))           # (B,)
+
+
+class WGANGP(common.GAN):
+    name = "wgan_gp"
+
+    def __init__(self, args, shape, device):
+        super().__init__(args, shape, device)
+        C, H, W = shape
+        if args.arch == "resnet":
+            self.G = ResNetGenerator(args.z_dim, C, (H, W), args.width).to(device)
+            self.D = ResNetCritic(C, (H, W), args.width, norm=args.critic_norm).to(device)
+        else:
+            # The generator keeps BatchNorm; the critic must not have it (§4: the penalty is per
+            # sample, and batch statistics make each sample's score depend on the others).
+            self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
+            self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm=args.critic_norm).to(device)
+        betas = (args.beta1, args.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+
+    def penalty(self, x, fake):
+        """(lambda-free) penalty and the per-sample gradient norms (B,) at x^."""
+        # Algorithm 1, lines 4-6: eps ~ U[0, 1], one per sample (not per pixel), and
+        # x^ = eps x + (1 - eps) x~, written x + eps (x~ - x) as in the authors' code (the same law)
+        eps = torch.rand(len(x), 1, 1, 1, device=x.device)     # (B, 1, 1, 1)
+        x_hat = (x + eps * (fake - x)).requires_grad_(True)    # (B, C, H, W)
+        # grad_x^ D(x^), kept in the graph (create_graph) so that the penalty reaches D's weights
+        grad, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)  # (B, C, H, W)
+        # Eq. 3: E[(||grad_x^ D(x^)||_2 - 1)^2], each norm over all of a sample's (C, H, W)
+        gp = kernels.gradient_penalty(grad, target=1.0)
+        with torch.no_grad():
+            norms = grad.flatten(1).norm(dim=1)                # (B,), for the log only
+        return gp, norms
+
+    def train_step(self, real):
+        for _ in range(self.args.n_critic):
+            x = real()                                         # (B, C, H, W) in [-1, 1], fresh each time
+            B = len(x)
+            with torch.no_grad():
+                fake = self.G(self.sample_z(B))                # (B, C, H, W)
+            # Algorithm 1, line 7: L = D(x~) - D(x) + lambda (||grad D(x^)||_2 - 1)^2, batch mean
+            wasserstein = self.D(x).mean() - self.D(fake).mean()
+            gp, norms = self.penalty(x, fake)
+            loss_d = -wasserstein + self.args.gp_lambda * gp
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+
+        # Generator: minimise -E[D(G(z))]   (Algorithm 1, lines 11-12), a fresh batch of z
+        z = self.sample_z(self.args.batch_size)                # (B, z_dim)
+        loss_g = -self.D(self.G(z)).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        return {"wasserstein": wasserstein.detach(),           # E[D(x)] - E[D(G(z))], last critic update
+                "gp": gp.detach(), "grad_norm": norms.mean(),  # mean ||grad D(x^)||, near 1 when healthy
+                "loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main(WGANGP, build_parser()))
