@@ -1,0 +1,250 @@
+"""BEGAN — Berthelot, Schumm, Metz 2017, "BEGAN: Boundary Equilibrium Generative Adversarial
+Networks" (arXiv:1703.10717): D is an autoencoder, the losses are L1 reconstruction errors,
+and a proportional control k_t keeps E[L(G(z))] = γ·E[L(x)]; M_global measures convergence.
+Where the paper is silent, the code follows carpedm20/BEGAN-tensorflow.
+
+    python began.py                                   # built-in digits, 32x32, a few CPU minutes
+    python began.py --path data/img_align_celeba      # any folder of images, 64x64
+    python began.py --gamma 0.7                       # more diversity, less sharpness
+    python began.py --resume runs/began/<run> --steps 400000
+    python began.py --sample runs/began/<run> --n 64 --out grid.png
+
+Departures from the paper (and choices where it is silent), each named where the code has it:
+- Learning rates. The paper: Adam, an initial rate in [5e-5, 1e-4] halved "when the
+  measure of convergence stalls" (§4.1). Here both start at 8e-5 and are halved every
+  --lr-decay-every steps down to --lr-min (carpedm20: halved every 100,000 steps);
+  --lr-stall-window N also halves them when the mean M_global of N steps is not 1% below
+  that of the N steps before (carpedm20's commented-out rule). Adam's beta1 is 0.5
+  (carpedm20; the paper does not give it). The paper gives no step count: a folder run
+  defaults to carpedm20's 500,000.
+- Architecture (Fig. 1, §3.5): the smallest map is 8 on the image's short side (8x8 for a
+  square image, 8x16 for 32x64); each down-sampling is a stride-2 3x3 convolution that
+  raises the channels by n (ELU after it too); no output non-linearity (as carpedm20); the
+  bottleneck h has z's 64 dimensions (N_h = N_z). Weights are initialised as carpedm20's
+  (TensorFlow's defaults: Glorot-uniform weights, zero biases); with PyTorch's default
+  initialisation G's output hardly depends on z at the start and G collapses.
+- The losses of D and G are computed from one pass of D over [x, G(z_D), G(z_G)] and both
+  networks are stepped together, as the paper's simultaneous update (§3.4) and carpedm20
+  do; k_t is then updated from the same L(x) and L(G(z_G)).
+- On the built-in digits: n = 16 (paper 128), 1,500 steps at a constant learning rate
+  of 3e-4 (the paper's 8e-5 is too slow to draw digits in minutes; see the README).
+- A warning line goes to stderr when k_t sits at 0 or 1 for 1,000 steps in a row (once per
+  such episode): D and G are out of balance.
+"""
+import argparse
+import math
+import sys
+
+import torch
+import torch.nn as nn
+
+import common
+
+# ---- defaults: the paper's (§3, §4.1), the issue's learning rate, carpedm20's steps -------
+DEFAULTS = dict(
+    batch_size=16,    # carpedm20: batch_size 16
+    steps=500_000,    # not in the paper; carpedm20: max_step 500000
+    z_dim=64,         # §4.1: N_z = N_h = 64 "in most of our experiments"
+    width=128,        # n (§3.5, Fig. 1); carpedm20: conv_hidden_num 128
+    g_lr=8e-5,        # §4.1: an initial rate in [5e-5, 1e-4]
+    d_lr=8e-5,
+    lr_decay_every=100_000,  # carpedm20: lr_update_step 100000
+)
+SMALL = dict(width=16, steps=1500, g_lr=3e-4, d_lr=3e-4, lr_decay_every=0)  # the built-in digits
+K_STUCK = 1000  # steps with k_t at 0 or 1 before the warning
+
+
+def steps_or_0(text):
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of steps (0 or more)")
+    return v
+
+
+def build_parser():
+    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    g = p.add_argument_group("began")
+    g.add_argument("--gamma", type=float, default=0.5,
+                   help="diversity ratio γ = E[L(G(z))] / E[L(x)] (default 0.5, the paper's; higher: more diversity, "
+                        "less sharpness)")
+    g.add_argument("--lambda-k", type=float, default=0.001, help="gain λ_k of the k_t control (default 0.001, the paper's)")
+    g.add_argument("--lr-decay-every", type=steps_or_0, default=None,
+                   help=f"halve both learning rates every this many steps; 0: never (default "
+                        f"{DEFAULTS['lr_decay_every']}, carpedm20's; {SMALL['lr_decay_every']} on the built-in digits)")
+    g.add_argument("--lr-min", type=float, default=2e-5, help="the halvings stop at this learning rate")
+    g.add_argument("--lr-stall-window", type=steps_or_0, default=0,
+                   help="also halve when the mean M_global over this many steps is not 1%% below the "
+                        "previous window's (the paper's rule); 0: off")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, carpedm20's)")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (default 0.999, Adam's)")
+    return p
+
+
+def _conv(cin, cout, stride=1):
+    return [nn.Conv2d(cin, cout, 3, stride, 1), nn.ELU(inplace=True)]
+
+
+def glorot_init(module: nn.Module) -> None:
+    """carpedm20's initialisation (TensorFlow's defaults): Glorot-uniform weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _scales(hw) -> int:
+    """Number of scales: the smallest map has a short side of 8 (16 -> 2 scales, 64 -> 4)."""
+    return int(math.log2(min(hw))) - 2
+
+
+class Decoder(nn.Module):
+    """h (B, N_h) -> image (B, C, H, W) (Fig. 1): a linear map to (n, H/2^(S-1), W/2^(S-1)),
+    then per scale two 3x3 convolutions with ELU and nearest-neighbour up-sampling, and a
+    3x3 convolution to C channels. D's decoder, and G with weights of its own."""
+
+    def __init__(self, h_dim, channels, hw, n):
+        super().__init__()
+        S = _scales(hw)
+        self.n, self.h0, self.w0 = n, hw[0] >> (S - 1), hw[1] >> (S - 1)  # e.g. 8x8
+        self.fc = nn.Linear(h_dim, n * self.h0 * self.w0)  # no non-linearity (§3.5)
+        layers = []
+        for i in range(S):
+            if i:
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))  # (B, n, 2h, 2w)
+            layers += _conv(n, n) + _conv(n, n)
+        layers.append(nn.Conv2d(n, channels, 3, 1, 1))  # (B, C, H, W), no output non-linearity
+        self.net = nn.Sequential(*layers)
+        glorot_init(self)
+
+    def forward(self, h):
+        return self.net(self.fc(h).view(len(h), self.n, self.h0, self.w0))
+
+
+class Encoder(nn.Module):
+    """image (B, C, H, W) -> h (B, N_h) (Fig. 1): a 3x3 convolution to n channels, then per
+    scale two 3x3 convolutions with ELU and, but at the last scale, a stride-2 3x3
+    convolution that adds n channels (n, 2n, 3n, ...); a linear map to h."""
+
+    def __init__(self, h_dim, channels, hw, n):
+        super().__init__()
+        S = _scales(hw)
+        layers = _conv(channels, n)
+        for i in range(1, S + 1):
+            layers += _conv(i * n, i * n) + _conv(i * n, i * n)
+            if i < S:
+                layers += _conv(i * n, (i + 1) * n, stride=2)  # (B, (i+1)n, H/2^i, W/2^i)
+        self.net = nn.Sequential(*layers)  # (B, S·n, h0, w0)
+        self.fc = nn.Linear(S * n * (hw[0] >> (S - 1)) * (hw[1] >> (S - 1)), h_dim)  # no non-linearity
+        glorot_init(self)
+
+    def forward(self, x):
+        return self.fc(self.net(x).flatten(1))
+
+
+class AutoEncoder(nn.Module):
+    def __init__(self, h_dim, channels, hw, n):
+        super().__init__()
+        self.encoder = Encoder(h_dim, channels, hw, n)
+        self.decoder = Decoder(h_dim, channels, hw, n)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class BEGAN(common.GAN):
+    name = "began"
+    z_prior = "uniform"  # §3.5: z ∈ [−1, 1]^N_z, uniform
+
+    def __init__(self, args, shape, device):
+        super().__init__(args, shape, device)
+        C, H, W = shape
+        self.D = AutoEncoder(args.z_dim, C, (H, W), args.width).to(device)
+        self.G = Decoder(args.z_dim, C, (H, W), args.width).to(device)  # D's decoder's shape, own weights
+        betas = (args.beta1, args.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+        self.k = torch.zeros((), device=device)          # k_0 = 0
+        self.k_stuck = torch.zeros((), dtype=torch.long, device=device)  # steps in a row with k_t at 0 or 1
+        self.m_window = torch.zeros((), device=device)   # sum of M_global over the current stall window
+        self.m_prev = None                               # mean M_global of the previous window
+        self.stall_halvings = 0
+        self.warned = False
+
+    def learning_rate(self, base):
+        """base halved every --lr-decay-every steps and at each M_global stall, not below --lr-min."""
+        a = self.args
+        n = (self.step // a.lr_decay_every if a.lr_decay_every else 0) + self.stall_halvings
+        return max(base * 0.5 ** n, min(base, a.lr_min))
+
+    def train_step(self, real):
+        a = self.args
+        for opt, base in ((self.opt_g, a.g_lr), (self.opt_d, a.d_lr)):
+            for group in opt.param_groups:
+                group["lr"] = self.learning_rate(base)
+        x = real()                                   # (B, C, H, W) in [-1, 1]
+        B = len(x)
+        z_d, z_g = self.sample_z(B), self.sample_z(B)  # (B, N_z) ~ U[−1, 1], separate draws
+        with torch.no_grad():
+            fake_d = self.G(z_d)                     # (B, C, H, W), D's negatives
+        fake_g = self.G(z_g)                         # (B, C, H, W), G's samples
+
+        # L(v) = |v − D(v)|^η with η = 1: the mean absolute reconstruction error   (§3.1; carpedm20)
+        v = torch.cat([x, fake_d, fake_g])           # (3B, C, H, W)
+        l_real, l_fake_d, l_fake_g = (v - self.D(v)).abs().flatten(1).mean(1).view(3, B).mean(1)
+        # L_D = L(x) − k_t·L(G(z_D))   for θ_D;   L_G = L(G(z_G))   for θ_G   (§3.4),
+        # one simultaneous step: D's gradient from L_D only, G's from L_G only.
+        loss_d = l_real - self.k * l_fake_d
+        loss_g = l_fake_g
+        self.opt_d.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_d.backward(inputs=list(self.D.parameters()), retain_graph=True)
+        loss_g.backward(inputs=list(self.G.parameters()))
+        self.opt_d.step()
+        self.opt_g.step()
+
+        # k_{t+1} = clip(k_t + λ_k·(γ·L(x) − L(G(z_G))), 0, 1)   (§3.4; k_t ∈ [0, 1])
+        balance = (a.gamma * l_real - l_fake_g).detach()
+        self.k = (self.k + a.lambda_k * balance).clamp(0.0, 1.0)
+        # M_global = L(x) + |γ·L(x) − L(G(z_G))|   (§3.4.1)
+        m_global = l_real.detach() + balance.abs()
+        self._watch(m_global)
+
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "k_t": self.k,                        # after this step's update; healthy: off 0 and 1
+                "m_global": m_global,                 # falls as training converges
+                "loss_real": l_real.detach(),         # L(x)
+                "loss_fake": l_fake_g.detach(),       # L(G(z_G))
+                "balance": balance}                   # γ·L(x) − L(G(z)), k_t's input; ~0 at equilibrium
+
+    def _watch(self, m_global):
+        """The stall rule and the k_t warning. They read values back from the device only every
+        --log-every steps (when the training loop waits for the device anyway)."""
+        a, step = self.args, self.step + 1
+        self.k_stuck = torch.where((self.k == 0) | (self.k == 1), self.k_stuck + 1, torch.zeros_like(self.k_stuck))
+        if step % a.log_every == 0:
+            stuck = int(self.k_stuck)
+            if stuck >= K_STUCK and not self.warned:
+                print(f"began: k_t has sat at {float(self.k):g} for {stuck} steps (step {step}): D and G are out "
+                      "of balance; a lower learning rate or another --gamma may help", file=sys.stderr)
+            self.warned = stuck >= K_STUCK
+        if a.lr_stall_window:
+            self.m_window = self.m_window + m_global
+            if step % a.lr_stall_window == 0:
+                mean = float(self.m_window) / a.lr_stall_window
+                if self.m_prev is not None and mean > 0.99 * self.m_prev:
+                    self.stall_halvings += 1
+                self.m_prev, self.m_window = mean, torch.zeros_like(self.m_window)
+
+    def extra_state(self):
+        return {"k": self.k.cpu(), "k_stuck": self.k_stuck.cpu(), "m_window": self.m_window.cpu(),
+                "m_prev": self.m_prev, "stall_halvings": self.stall_halvings, "warned": self.warned}
+
+    def load_extra_state(self, state):
+        self.k = state["k"].to(self.device)
+        self.k_stuck = state["k_stuck"].to(self.device)
+        self.m_window = state["m_window"].to(self.device)
+        self.m_prev, self.stall_halvings, self.warned = state["m_prev"], state["stall_halvings"], state["warned"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main(BEGAN, build_parser()))

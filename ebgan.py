@@ -1,0 +1,157 @@
+"""EBGAN — Zhao, Mathieu, LeCun 2016, "Energy-based Generative Adversarial Network"
+(arXiv:1609.03126): D is an autoencoder and the energy of an image its reconstruction
+error; a hinge at margin m pushes the energy of fakes up; the pull-away term (EBGAN-PT)
+spreads the encoder codes of a generated batch.
+
+    python ebgan.py                                   # built-in digits, 32x32, a few CPU minutes
+    python ebgan.py --path data/img_align_celeba      # any folder of images, 64x64
+    python ebgan.py --pt-weight 0                     # plain EBGAN, no pull-away term
+    python ebgan.py --energy mse                      # the per-sample MSE most implementations use
+    python ebgan.py --resume runs/ebgan/<run> --steps 40000
+    python ebgan.py --sample runs/ebgan/<run> --n 64 --out grid.png
+
+Departures from the paper (and choices where it is silent), each named where the code has it:
+- The margin. The paper sets m = 10 for MNIST (§4.1) and m = 20 for 64x64 CelebA (as
+  khanrc/tf.gans-comparison reads its appendix), both on the L2 norm of Eq. 13. The default
+  here keeps the per-value RMS error these stand for (10/√784 and 20/√12288) and scales it
+  to the image size: m = rms·√(C·H·W) for --energy l2 (exactly the paper's m at the
+  paper's sizes), m = rms² for --energy mse (the same reconstruction error in MSE units).
+  MNIST's value is used for the digits and MNIST data, CelebA's for folders and CIFAR-10.
+  The paper does not say whether its MNIST pixels were in [0, 1] or [-1, 1]; here they
+  are in [-1, 1]. --margin overrides.
+- The networks. G is the DCGAN generator (§4.3 trains EBGAN and DCGAN "under the same
+  configuration"); D's encoder is the paper's 64x64 one, (64)4c2s-(128)4c2s-(256)4c2s,
+  its decoder the mirror image, BatchNorm on all but the first and last layer and
+  LeakyReLU(0.2) (as khanrc/tf.gans-comparison reads the appendix); the three stride-2
+  stages are kept at every image size. Batch 128 and z ~ N(0, I) of 100 dims are DCGAN's.
+- On the built-in digits the networks are narrower (width 32, not 64), the batch is 64
+  and the run 2,000 generator updates, so that it takes minutes on a CPU. The paper gives
+  no step count for faces; a folder run defaults to 20,000 updates.
+"""
+import math
+
+import torch
+import torch.nn as nn
+
+import common
+import kernels
+
+# ---- defaults: the paper's (§2, §4) ----------------------------------------------------
+DEFAULTS = dict(
+    batch_size=128,   # not stated for EBGAN; DCGAN's 128 (§4.3: "under the same configuration")
+    steps=20_000,     # not in the paper (see the docstring)
+    z_dim=100,        # DCGAN's 100
+    width=64,         # appendix (64x64): encoder (64)4c2s-(128)4c2s-(256)4c2s
+    g_lr=1e-3,        # §4.1: "learning rate 0.001 and Adam ... for both G and D"
+    d_lr=1e-3,
+)
+SMALL = dict(width=32, batch_size=64, steps=2000)  # the built-in digits (see the docstring)
+# The paper's margins as the per-value RMS reconstruction error they allow: m = 10 on 28x28
+# MNIST (§4.1), m = 20 on 64x64x3 CelebA (appendix), both L2 norms (Eq. 13).
+MARGIN_RMS = {"mnist": 10 / math.sqrt(28 * 28), "celeba": 20 / math.sqrt(3 * 64 * 64)}
+MNIST_LIKE = ("digits", "stacked-digits", "mnist")
+
+
+def build_parser():
+    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    g = p.add_argument_group("ebgan")
+    g.add_argument("--energy", choices=("l2", "mse"), default="l2",
+                   help="D(x): 'l2' the norm ||Dec(Enc(x)) - x|| of the paper's Eq. 13 (default), or 'mse' the "
+                        "per-sample mean squared error most implementations use (no square root)")
+    g.add_argument("--margin", type=float, default=None,
+                   help="hinge margin m in units of --energy (default: the paper's m for the data set, "
+                        "scaled to the image size; see the module docstring)")
+    g.add_argument("--pt-weight", type=float, default=0.1,
+                   help="weight λ_PT of the pull-away term in G's loss (default 0.1, the paper's §2.4; 0 turns it off)")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, DCGAN's)")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (default 0.999, Adam's)")
+    return p
+
+
+def default_margin(dataset, shape, energy):
+    """The paper's margin for this data set in units of `energy` (see the docstring)."""
+    rms = MARGIN_RMS["mnist" if dataset in MNIST_LIKE else "celeba"]
+    return rms * math.sqrt(math.prod(shape)) if energy == "l2" else rms ** 2
+
+
+class AutoEncoderD(nn.Module):
+    """image (B, C, H, W) -> reconstruction (B, C, H, W) and encoder code S (B, 4w, H/8, W/8).
+    The paper's 64x64 D (appendix): encoder (64)4c2s-(128)4c2s-(256)4c2s, decoder
+    (128)4c2s-(64)4c2s-(C)4c2s; LeakyReLU(0.2), BatchNorm but on the first and last layer,
+    linear output."""
+
+    def __init__(self, channels, width=64):
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, w, 4, 2, 1), nn.LeakyReLU(0.2, True),                    # (B, w, H/2, W/2)
+            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * w), nn.LeakyReLU(0.2, True),
+        )                                                                                # (B, 4w, H/8, W/8)
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2, True),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, True),
+            nn.ConvTranspose2d(w, channels, 4, 2, 1),                                    # (B, C, H, W)
+        )
+        common.dcgan_init(self)
+
+    def forward(self, x):
+        s = self.encoder(x)
+        return self.decoder(s), s
+
+
+class EBGAN(common.GAN):
+    name = "ebgan"
+
+    def __init__(self, args, shape, device):
+        super().__init__(args, shape, device)
+        C, H, W = shape
+        if args.margin is None:  # resolved here, so that config.json records the value used
+            args.margin = default_margin(args.dataset, shape, args.energy)
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
+        self.D = AutoEncoderD(C, args.width).to(device)
+        betas = (args.beta1, args.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+
+    def energy(self, x):
+        """D(x) per sample (B,) and the encoder code S (B, 4w, h, w)."""
+        recon, s = self.D(x)
+        err = (recon - x).flatten(1)                 # (B, C*H*W)
+        # D(x) = ||Dec(Enc(x)) − x||   (Zhao et al. 2016, Eq. 13); 'mse': ||.||² / (C·H·W)
+        e = err.norm(dim=1) if self.args.energy == "l2" else err.square().mean(1)
+        return e, s
+
+    def train_step(self, real):
+        x = real()                                   # (B, C, H, W) in [-1, 1]
+        z = self.sample_z(len(x))                    # (B, z_dim) ~ N(0, I)
+        fake = self.G(z)                             # (B, C, H, W)
+
+        # L_D(x, z) = D(x) + [m − D(G(z))]⁺   (Eq. 1), the hinge per sample, then the batch mean.
+        # Real and fake go through D's BatchNorm in separate batches, as in DCGAN.
+        e_real, _ = self.energy(x)                   # (B,)
+        e_fake, _ = self.energy(fake.detach())       # (B,)
+        hinge = (self.args.margin - e_fake).clamp(min=0)
+        loss_d = e_real.mean() + hinge.mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        # L_G(z) = D(G(z)) + λ_PT·f_PT(S)   (Eq. 2 and §2.4; the pull-away term in G's loss only)
+        # f_PT(S) = 1/(N(N−1)) Σ_i Σ_{j≠i} (S_iᵀS_j / (‖S_i‖‖S_j‖))²   (Eq. 14), S the codes of G(z)
+        e_gen, s = self.energy(fake)                 # (B,), (B, 4w, h, w)
+        pt = kernels.pullaway(s)
+        loss_g = e_gen.mean() + self.args.pt_weight * pt
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "d_real": e_real.mean().detach(),    # D(x): the energy of real images, kept low
+                "d_fake": e_fake.mean().detach(),    # D(G(z)) before D's update, pushed towards m
+                "hinge": hinge.mean().detach(),      # [m − D(G(z))]⁺: 0 when D puts every fake above m
+                "pt": pt.detach()}                   # f_PT: 0 orthogonal codes, 1 identical
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main(EBGAN, build_parser()))
