@@ -1,0 +1,260 @@
+"""Train the seven GANs on the same data and compare them by the numbers of evaluate.py.
+
+    python compare.py --dataset stacked-digits --steps 2000 --seeds 3      # all seven
+    python compare.py --models dcgan lsgan --steps 2000 --seeds 3 --out runs/cmp
+    python compare.py --models dcgan wgan -- --eval-every 500             # flags after -- go to every script
+
+Each script is run as a user would (python X.py --dataset D --image-size S --steps N --seed k
+--out OUT/X/seed<k> --no-progress, output in OUT/X/seed<k>/train.log): the same data,
+image size, number of generator updates and seeds for all, and every other setting the
+script's own default on that data (batch size, width, learning rates, critic iterations
+differ between scripts; the built-in data sets use each script's documented small-data
+departures). Seeds 1..k are used: seed 0, every script's default, is the one the defaults
+were developed on. The LAST checkpoint of each run is evaluated (no picking), then:
+
+    OUT/results.md     the table: each metric as mean ± std over seeds, images/s, wall time
+    OUT/results.json   the same, with every run's numbers
+    OUT/gallery.png    one row of samples per model (and one of real images), from one fixed z seed
+
+Interrupted, the same command continues: finished runs (checkpoint at --steps) are not
+redone, an unfinished run resumes from its checkpoint, and evaluations are kept in each
+run's eval.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import common
+import evaluate
+import metrics
+
+MODELS = ("dcgan", "lsgan", "wgan", "wgan_gp", "dragan", "ebgan", "began")
+ROOT = Path(__file__).resolve().parent
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common._Help,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                   help="scripts to compare (default: all seven)")
+    p.add_argument("--dataset", choices=metrics.DATASETS, default="stacked-digits", help="data for every run")
+    p.add_argument("--image-size", type=common.image_size, default=(32, 32),
+                   help="image size for every run (default: 32)")
+    p.add_argument("--steps", type=common._positive_int, default=2000, help="generator updates of every run")
+    p.add_argument("--seeds", type=common._positive_int, default=3, help="runs per model, seeds 1..SEEDS")
+    p.add_argument("--n", type=common._positive_int, default=None,
+                   help="samples per evaluation (default: 2,000 for digits, 26,000 for stacked-digits)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder of the runs and results (default runs/compare/<dataset>-<size>-<steps>)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="for training and evaluation")
+    p.add_argument("--gallery-n", type=common._positive_int, default=12, help="samples per gallery row")
+    return p
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_step(run_dir: Path, model: str) -> int | None:
+    """The step of the run's checkpoint, or None when it has none yet."""
+    if not (run_dir / common.CHECKPOINT).is_file():
+        return None
+    return int(common.load_checkpoint(run_dir, model)[0]["step"])
+
+
+def train(model: str, seed: int, run_dir: Path, args, script_args) -> str | None:
+    """Train (or resume, or skip) one run; returns None when it reached --steps, else why not."""
+    step = run_step(run_dir, model)
+    if step is not None and step > args.steps:
+        raise common.UserError(f"{run_dir} holds a run at step {step}, past --steps {args.steps}; use another --out")
+    if step == args.steps:
+        return None
+    if step is None:
+        cmd = ["--dataset", args.dataset, "--image-size", common.size_str(args.image_size),
+               "--steps", args.steps, "--seed", seed, "--out", run_dir, "--device", args.device, *script_args]
+    else:
+        cmd = ["--resume", run_dir, "--steps", args.steps, "--device", args.device]
+    cmd = [sys.executable, str(ROOT / f"{model}.py"), "--no-progress", *map(str, cmd)]
+    print(f"{model} seed {seed}: training {step or 0} -> {args.steps} steps (log {run_dir / 'train.log'})",
+          file=sys.stderr, flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:  # the script saves a checkpoint on Ctrl-C too: let it finish
+            proc.wait()
+            raise
+    if rc != 0:
+        lines = (run_dir / "train.log").read_text().strip().splitlines()
+        return f"exit {rc}: {lines[-1] if lines else ''}"
+    if run_step(run_dir, model) != args.steps:
+        raise KeyboardInterrupt  # the script was stopped (Ctrl-C, SIGTERM) and saved a checkpoint
+    return None
+
+
+def speed(run_dir: Path) -> tuple[float, float]:
+    """(images/s, seconds) of the training loop, from metrics.jsonl: each line gives the
+    interval's speed, so its duration is steps / steps_per_s (start-up not counted)."""
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if "steps_per_s" in r]  # not the --eval-every lines
+    steps = np.diff([0] + [r["step"] for r in rows])
+    secs = steps / np.array([r["steps_per_s"] for r in rows])
+    return float((np.array([r["images_per_s"] for r in rows]) * secs).sum() / secs.sum()), float(secs.sum())
+
+
+def evaluation(run_dir: Path, args, device) -> dict:
+    """The run's last checkpoint scored (cached in its eval.json)."""
+    key = {"step": args.steps, "n": args.n, "version": metrics.VERSION}
+    cache = run_dir / "eval.json"
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved["key"] == key:
+            return saved["row"]
+    row = evaluate.evaluate_checkpoint(run_dir, device, args.n)
+    cache.write_text(json.dumps({"key": key, "row": row}, indent=2) + "\n")
+    return row
+
+
+def mean_std(values) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    return evaluate.fmt(float(v.mean())) + (f" ± {v.std(ddof=1):.2g}" if len(v) > 1 else "")
+
+
+def gallery(rows: list[tuple[str, torch.Tensor]], path: Path, label_w: int = 64) -> None:
+    """One row of samples per (label, images (k, C, H, W) in [-1, 1]), the label on its left."""
+    from PIL import Image, ImageDraw
+    strips = []
+    for label, x in rows:
+        g = common.grid(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x, nrow=len(x))
+        strip = Image.new("RGB", (label_w + g.shape[1], g.shape[0]))
+        strip.paste(Image.fromarray(g), (label_w, 0))
+        ImageDraw.Draw(strip).text((4, g.shape[0] // 2 - 5), label, fill=(255, 255, 255))
+        strips.append(strip)
+    out = Image.new("RGB", (strips[0].width, sum(s.height for s in strips)))
+    for i, s in enumerate(strips):
+        out.paste(s, (0, sum(t.height for t in strips[:i])))
+    out.save(path)
+
+
+def summary(runs: list[dict], models, keys) -> dict:
+    """Per model: how many runs finished, and each key's mean, std and values over them."""
+    out = {}
+    for model in models:
+        ok = [r for r in runs if r["model"] == model and not r["failed"]]
+        out[model] = {"runs": len(ok), "of": sum(r["model"] == model for r in runs)}
+        for k in keys if ok else ():
+            v = [r[k] for r in ok]
+            out[model][k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                             "values": v}
+    return out
+
+
+def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
+    """results.md's text and results.json's content."""
+    hw, seeds = common.size_str(args.image_size), sorted({r["seed"] for r in runs})
+    cover = "classes" if args.dataset == "digits" else "modes"
+    keys = [cover, "kl", "confident", "fd", "kid", "images_per_s", "wall_s"]
+    results = summary(runs, args.models, keys)
+    command = shlex.join(["python", "compare.py", *argv])
+    device = judge.device
+    machine = (f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; device {device}"
+               + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    date = datetime.date.today().isoformat()
+    lines = [
+        f"# Seven-way comparison: {args.dataset} at {hw}, {args.steps} generator updates, "
+        f"seeds {', '.join(map(str, seeds))}", "",
+        f"- Command: `{command}`", f"- Date: {date}", f"- Machine: {machine}",
+        "- Every run has the same data, image size, number of generator updates and seeds; everything "
+        "else is each script's own default on this data (its paper's values, with the departures its "
+        "docstring names for the built-in data sets), so batch sizes, widths, learning rates and critic "
+        "iterations differ" + (f"; flags given to every script: `{shlex.join(script_args)}`" if script_args else "")
+        + ".",
+        f"- The last checkpoint of each run is scored (no picking) from {args.n:,} samples; each cell is "
+        f"the mean ± std over the seeds. Judge: a digit classifier at {hw}, held-out accuracy "
+        f"{judge.accuracy:.1%}; fd and kid are on its features (comparable within this project only).",
+        f"- {cover}: covered, of {10 if cover == 'classes' else 1000}; kl: KL(generated || "
+        f"{'real class histogram' if cover == 'classes' else 'uniform'}); confident: share of samples "
+        f"classified with p >= {metrics.CONFIDENT}; images/s: real images a run consumed per second "
+        "(critic iterations included); wall time: a run's training loop.", "",
+        f"| model | {cover} | kl | confident | fd | kid | images/s | wall time (min) | runs |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for model, res in results.items():
+        if not res["runs"]:
+            lines.append(f"| {model} | failed | | | | | | | 0/{res['of']} |")
+            continue
+        cells = [mean_std(res[k]["values"]) for k in keys[:5]]
+        cells += [f"{res['images_per_s']['mean']:.0f}", f"{res['wall_s']['mean'] / 60:.1f}"]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {res['runs']}/{res['of']} |")
+    lines.append("| real data | " + " | ".join(evaluate.fmt(real[k]) for k in keys[:5]) + " | | | |")
+    failed = [f"- {r['model']} seed {r['seed']} failed ({r['failed']})" for r in runs if r["failed"]]
+    text = "\n".join(lines + ([""] + failed if failed else [])) + "\n"
+    return text, {"command": command, "date": date, "machine": machine, "dataset": args.dataset,
+                  "image_size": hw, "steps": args.steps, "seeds": seeds, "n": args.n, "script_args": script_args,
+                  "classifier_accuracy": judge.accuracy, "models": results, "real": real, "runs": runs}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own, script_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = build_parser()
+    args = parser.parse_args(own)
+    hw = tuple(args.image_size)
+    args.out = args.out or Path("runs/compare") / f"{args.dataset}-{common.size_str(hw)}-{args.steps}steps"
+    try:
+        device = common.pick_device(args.device)
+        judge = evaluate.scorer(args.dataset, hw, device)  # first: a bad setting fails before hours of training
+        args.n = args.n or judge.n
+        runs = []
+        for model in args.models:
+            for seed in range(1, args.seeds + 1):
+                run_dir = args.out / model / f"seed{seed}"
+                run = {"model": model, "seed": seed, "run_dir": str(run_dir),
+                       "failed": train(model, seed, run_dir, args, script_args)}
+                if not run["failed"]:
+                    run.update(evaluation(run_dir, args, device))
+                    run["images_per_s"], run["wall_s"] = speed(run_dir)
+                runs.append(run)
+        real = evaluate.evaluate_real(args.dataset, hw, device, args.n)
+        pictures = []  # the same z (generate_n's fixed seed) for every model, from its first finished run
+        for model in args.models:
+            done = [r for r in runs if r["model"] == model and not r["failed"]]
+            if done:
+                pictures.append((model, common.generate_n(evaluate.load_model(done[0]["run_dir"], device)[0],
+                                                          args.gallery_n)))
+    except common.UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    gallery(pictures + [("real", judge.real(args.gallery_n, seed=1))], args.out / "gallery.png")
+    text, data = report(args, argv, script_args, runs, real, judge)
+    (args.out / "results.md").write_text(text)
+    (args.out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(text + f"\nwrote {args.out / 'results.md'}, results.json and gallery.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Score GAN checkpoints with the offline metrics of metrics.py: one row per checkpoint.
+
+    python evaluate.py runs/dcgan/<run>                    # a run directory or a checkpoint.pt
+    python evaluate.py runs/compare --markdown t.md --json t.json   # every checkpoint below a folder
+    python evaluate.py --real --dataset stacked-digits     # the real data against itself (the floor)
+    python dcgan.py --eval-every 500                        # the same metrics during training
+
+Works for checkpoints of any of the seven scripts trained on the built-in `digits` or
+`stacked-digits` data (the checkpoint names its script; its config rebuilds the networks).
+Samples come from z drawn by a fixed generator (--seed), in eval mode, as sample grids are.
+
+Columns: classes (digits, of 10) or modes (stacked-digits, of 1,000) covered; kl:
+KL(generated || real class histogram), against uniform on stacked-digits; confident: share of
+samples whose top class probability is >= 0.9 (on stacked-digits: all three channels); fd and
+kid: Frechet and kernel distances between classifier features of generated and real images
+(lower is better; comparable within this project only). See metrics.py.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import common
+import metrics
+
+ROOT = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=None)
+def scorer(dataset: str, hw: tuple, device: torch.device) -> metrics.Scorer:
+    """One Scorer per data set, size and device in a process (its reference is costly)."""
+    return metrics.Scorer(dataset, hw, device)
+
+
+def make_training_evaluator(args, device):
+    """The --eval-every hook of common.train(): evaluator(sample_fn) -> {metric: float}, where
+    sample_fn(n) returns n generated images (n, C, H, W) in [-1, 1]. Raises common.UserError
+    when the data set is not digits or stacked-digits."""
+    s = scorer(args.dataset, tuple(args.image_size), device)
+    return lambda sample_fn: s(sample_fn(s.n))
+
+
+class _ItsOwnModel(str):
+    """Equal to every model name: lets common.load_checkpoint load a checkpoint of any script."""
+
+    def __ne__(self, other):
+        return False
+
+
+def model_class(name: str):
+    """The common.GAN subclass of the script `name`.py, whose `name` is the script's."""
+    if not name.isidentifier() or not (ROOT / f"{name}.py").is_file():
+        raise common.UserError(f"the checkpoint's model {name!r} has no script {name}.py here")
+    mod = importlib.import_module(name)
+    for v in vars(mod).values():
+        if isinstance(v, type) and issubclass(v, common.GAN) and v.name == name:
+            return v
+    raise common.UserError(f"{name}.py defines no common.GAN subclass named {name!r}")
+
+
+def load_model(path, device) -> tuple[common.GAN, dict]:
+    """A checkpoint (or run directory) of any script -> its model, networks restored, and
+    the checkpoint."""
+    ckpt, p = common.load_checkpoint(path, _ItsOwnModel())
+    cfg = argparse.Namespace(**ckpt["config"])
+    cfg.image_size = tuple(cfg.image_size)
+    model = model_class(ckpt["model"])(cfg, tuple(ckpt["shape"]), device)
+    common._restore(model, ckpt, p)
+    return model, ckpt
+
+
+def evaluate_checkpoint(path, device=torch.device("cpu"), n: int | None = None, seed: int = 0) -> dict:
+    """One row: where, model, step, data, then the metrics of n samples (default: the data
+    set's, 2,000 for digits and 26,000 for stacked-digits)."""
+    model, ckpt = load_model(path, device)
+    cfg = ckpt["config"]
+    s = scorer(cfg["dataset"], tuple(cfg["image_size"]), device)
+    n = n or s.n
+    return {"checkpoint": str(common.checkpoint_path(path)), "model": ckpt["model"], "step": ckpt["step"],
+            "dataset": cfg["dataset"], "image_size": common.size_str(cfg["image_size"]), "n": n,
+            **s(common.generate_n(model, n, seed))}
+
+
+def evaluate_real(dataset: str, hw, device=torch.device("cpu"), n: int | None = None, seed: int = 1) -> dict:
+    """The sanity row: n real images drawn at random (another draw than the stacked-digits
+    reference's) scored against the reference: the best a generator can expect at this n."""
+    s = scorer(dataset, tuple(hw), device)
+    n = n or s.n
+    return {"checkpoint": "(real data)", "model": "real data", "step": 0, "dataset": dataset,
+            "image_size": common.size_str(hw), "n": n, **s(s.real(n, seed))}
+
+
+METRICS = ("classes", "modes", "kl", "confident", "fd", "kid")
+
+
+def fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def markdown(rows: list[dict], columns) -> str:
+    cols = [c for c in columns if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def checkpoints(paths) -> list[Path]:
+    """Each path: a checkpoint, a run directory, or a folder searched for checkpoints."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir() and not (p / common.CHECKPOINT).is_file():
+            found = sorted(p.rglob(common.CHECKPOINT))
+            if not found:
+                raise common.UserError(f"{p}: no {common.CHECKPOINT} in it or below it")
+            out += found
+        else:
+            out.append(common.checkpoint_path(p))
+    return out
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common._Help,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("paths", nargs="*", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="checkpoints, run directories, or folders holding run directories")
+    p.add_argument("--real", action="store_true", help="add a row scoring real images against the reference")
+    p.add_argument("--dataset", choices=metrics.DATASETS, default=None,
+                   help="data set of the --real row (default: the first checkpoint's, else digits)")
+    p.add_argument("--image-size", type=common.image_size, default=None,
+                   help="image size of the --real row (default: the first checkpoint's, else 32)")
+    p.add_argument("--n", type=common._positive_int, default=None,
+                   help="samples per checkpoint (default: 2,000 for digits, 26,000 for stacked-digits)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the z the samples are drawn from")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the table here")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the rows here as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if not args.paths and not args.real:
+            raise common.UserError("name at least one run directory or checkpoint, or --real")
+        device = common.pick_device(args.device)
+        rows = [evaluate_checkpoint(p, device, args.n, args.seed) for p in checkpoints(args.paths)]
+        if args.real:
+            dataset = args.dataset or (rows[0]["dataset"] if rows else "digits")
+            hw = args.image_size or (common.image_size(rows[0]["image_size"]) if rows else (32, 32))
+            rows.append(evaluate_real(dataset, hw, device, args.n))
+    except common.UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    for r in rows:
+        r["classifier_accuracy"] = scorer(r["dataset"], common.image_size(r["image_size"]), device).accuracy
+    judges = sorted({(r["dataset"], r["image_size"], r["classifier_accuracy"]) for r in rows})
+    table = markdown(rows, ("model", "step", "dataset", "image_size", "n") + METRICS + ("checkpoint",))
+    table += "".join(f"\njudge for {d} at {s}: digit classifier, held-out accuracy {a:.1%}\n" for d, s, a in judges)
+    print(table, end="")
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""compare.py: a tiny two-model comparison writes results.md, results.json and gallery.png;
+a rerun redoes nothing; a longer --steps resumes the runs; the speed bookkeeping."""
+import json
+import os
+
+import pytest
+from PIL import Image
+
+import compare
+from conftest import run_main
+
+TINY_SCRIPT = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--sample-every", "2",
+               "--checkpoint-every", "1"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    """The classifier cache of the whole session (see test_metrics.py's judge)."""
+    os.environ["GANZOO_CACHE"] = str(tmp_path_factory.getbasetemp() / "ganzoo-cache")
+
+
+def test_speed_from_metrics(tmp_path):
+    rows = [{"step": 2, "loss": 1, "images_per_s": 8.0, "steps_per_s": 1.0},
+            {"step": 2, "classes": 3},  # an --eval-every line
+            {"step": 4, "loss": 1, "images_per_s": 16.0, "steps_per_s": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ips, secs = compare.speed(tmp_path)
+    assert secs == pytest.approx(2 / 1 + 2 / 2) and ips == pytest.approx((8 * 2 + 16 * 1) / 3)
+
+
+def test_mean_std():
+    assert compare.mean_std([1.0, 2.0, 3.0]) == "2 ± 1"
+    assert compare.mean_std([5]) == "5"
+
+
+def test_tiny_comparison_resumes_writes_results_and_skips(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    # an interrupted earlier comparison: dcgan's run stopped at step 1
+    assert run_main("dcgan", ["--dataset", "digits", "--image-size", "32", "--steps", "1", "--seed", "1",
+                              "--no-progress", "--out", out / "dcgan" / "seed1", *TINY_SCRIPT]) == 0
+    argv = ["--models", "dcgan", "lsgan", "--dataset", "digits", "--steps", "2", "--seeds", "1", "--n", "200",
+            "--gallery-n", "4", "--out", str(out), "--", *TINY_SCRIPT]
+    capsys.readouterr()
+    assert compare.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "dcgan seed 1: training 1 -> 2" in err and "lsgan seed 1: training 0 -> 2" in err
+    assert "--resume" in (out / "dcgan" / "seed1" / "train.log").read_text()
+    rows = [json.loads(l) for l in (out / "dcgan" / "seed1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["models"]) == ["dcgan", "lsgan"] and res["steps"] == 2 and res["seeds"] == [1]
+    for m in ("dcgan", "lsgan"):
+        assert res["models"][m]["runs"] == 1
+        assert set(res["models"][m]) >= {"classes", "kl", "confident", "fd", "kid", "images_per_s", "wall_s"}
+        cfg = json.loads((out / m / "seed1" / "config.json").read_text())
+        assert (cfg["dataset"], cfg["image_size"], cfg["steps"], cfg["seed"], cfg["width"]) == \
+            ("digits", [32, 32], 2, 1, 4)
+        assert json.loads((out / m / "seed1" / "eval.json").read_text())["row"]["step"] == 2  # the last checkpoint
+    assert res["real"]["classes"] == 10 and res["classifier_accuracy"] >= 0.97
+    md = (out / "results.md").read_text()
+    assert "`python compare.py --models dcgan lsgan" in md and "cores" in md and "| dcgan |" in md
+    assert "| real data | 10 |" in md
+    # one row per model and one of real digits, 4 samples of 32x32 each (2px padding), a label strip
+    assert Image.open(out / "gallery.png").size == (64 + 4 * 34 + 2, 3 * 36)
+
+    # the same command again: nothing is trained or scored again
+    assert compare.main(argv) == 0
+    assert "training" not in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["models"] == res["models"]

@@ -1,0 +1,244 @@
+"""metrics.py and evaluate.py: the judge's accuracy and determinism, the Frechet distance
+against closed forms, KID and KL known answers, real data scoring near-perfectly and a
+collapsed generator scoring 1 class / 1 mode, the --eval-every hook (and that it leaves a
+run's weights untouched), and the evaluate.py command line."""
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import evaluate
+import metrics
+from conftest import TINY, one_error_line, run_main, run_script
+
+HW = (32, 32)
+
+
+@pytest.fixture(scope="session")
+def judge(tmp_path_factory):
+    """The 32x32 classifier, trained once per test session in a cache folder of its own
+    (shared with test_compare.py through the session's base temp folder)."""
+    os.environ["GANZOO_CACHE"] = str(tmp_path_factory.getbasetemp() / "ganzoo-cache")
+    return metrics.classifier(HW)
+
+
+def test_classifier_accuracy_and_cache(judge):
+    net, acc = judge
+    assert acc >= 0.97
+    files = list(metrics.cache_dir().glob(f"digit-classifier-{metrics.VERSION}-32-seed0.pt"))
+    assert len(files) == 1
+    state = torch.get_rng_state()
+    net2, acc2 = metrics.classifier.__wrapped__(HW)  # not the in-process cache: from the file
+    assert torch.equal(torch.get_rng_state(), state)  # loading it draws no random number of a run's
+    assert acc2 == acc
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
+    torch.load(files[0], weights_only=True)  # plain tensors and values only
+
+
+def test_classifier_training_is_deterministic_and_leaves_the_rng_alone():
+    torch.manual_seed(123)
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
+    a, acc_a = metrics.train_classifier((16, 16), epochs=1)
+    b, acc_b = metrics.train_classifier((16, 16), epochs=1)
+    assert acc_a == acc_b and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+    assert not torch.equal(metrics.train_classifier((16, 16), seed=1, epochs=1)[0].head.weight, a.head.weight)
+
+
+def test_split_is_stratified_and_fixed():
+    y = metrics.real_digits((16, 16))[1]
+    tr, te = metrics.split(y, 0)
+    assert len(set(tr) & set(te)) == 0 and len(tr) + len(te) == len(y)
+    held, every = np.bincount(y[te].numpy(), minlength=10), np.bincount(y.numpy(), minlength=10)
+    assert np.abs(held - every / 4).max() <= 1  # a quarter of each class
+    assert np.array_equal(te, metrics.split(y, 0)[1])
+
+
+# ---- Frechet distance ----------------------------------------------------------------
+
+def random_rotation(d, rng):
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return q
+
+
+def test_frechet_closed_forms():
+    rng = np.random.default_rng(0)
+    d = 6
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    a, b = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+    # commuting covariances Q diag(a) Q^T, Q diag(b) Q^T: ||mu1-mu2||^2 + sum (sqrt a - sqrt b)^2
+    q = random_rotation(d, rng)
+    s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T
+    want = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-10)
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2
+    assert metrics.frechet_distance([1.0], [[4.0]], [-2.0], [[9.0]]) == pytest.approx(9 + 1)
+    # a point mass against N(mu2, s2): ||mu1-mu2||^2 + tr s2
+    assert metrics.frechet_distance(mu1, np.zeros((d, d)), mu2, s2) == pytest.approx(
+        ((mu1 - mu2) ** 2).sum() + np.trace(s2), rel=1e-10)
+    assert metrics.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-9)
+
+
+def test_frechet_general_covariances_match_sqrtm():
+    """Non-commuting, well-conditioned covariances: the same as the textbook formula with
+    scipy's sqrtm of the product (whose imaginary residue is negligible here)."""
+    rng = np.random.default_rng(1)
+    d = 8
+    x, y = rng.standard_normal((d, d)), rng.standard_normal((d, d))
+    s1, s2 = x @ x.T + 0.5 * np.eye(d), y @ y.T + 0.5 * np.eye(d)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    want = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real)
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-8)
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(metrics.frechet_distance(mu2, s2, mu1, s1))
+
+
+def test_frechet_near_singular_covariances():
+    """Fewer samples than dimensions (rank-deficient covariances): finite, >= 0, zero for
+    the same set, and the closed form for two rank-1 covariances along one axis."""
+    rng = np.random.default_rng(2)
+    f = torch.from_numpy(rng.standard_normal((10, 64)))
+    mu, s = metrics.gaussian_stats(f)
+    assert np.linalg.matrix_rank(s) < 64
+    assert metrics.frechet_distance(mu, s, mu, s) == pytest.approx(0, abs=1e-9)
+    g = metrics.gaussian_stats(torch.from_numpy(rng.standard_normal((12, 64))))
+    want = ((mu - g[0]) ** 2).sum() + np.trace(s + g[1] - 2 * scipy.linalg.sqrtm(s @ g[1]).real)
+    assert metrics.frechet_distance(mu, s, *g) == pytest.approx(want, rel=1e-6)
+    e = np.zeros((64, 64))
+    e[3, 3] = 1.0
+    assert metrics.frechet_distance(np.zeros(64), 4 * e, np.zeros(64), 9 * e) == pytest.approx(1.0)
+
+
+def test_frechet_of_samples_approaches_the_closed_form():
+    rng = np.random.default_rng(3)
+    a, b = np.array([1.0, 2.0, 0.5]), np.array([2.0, 1.0, 0.5])
+    x = torch.from_numpy(rng.standard_normal((100_000, 3)) * np.sqrt(a))
+    y = torch.from_numpy(rng.standard_normal((100_000, 3)) * np.sqrt(b) + 1.0)
+    want = 3 * 1.0 + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert metrics.frechet_distance(*metrics.gaussian_stats(x), *metrics.gaussian_stats(y)) == pytest.approx(
+        want, abs=0.03)
+
+
+# ---- KID and KL ----------------------------------------------------------------------
+
+def test_kid_known_answer_and_unbiased():
+    """All x equal to a and all y equal to b: MMD^2 = k(a,a) + k(b,b) - 2 k(a,b) exactly,
+    with k(u, v) = (u.v / d + 1)^3."""
+    d = 4
+    a, b = torch.tensor([1.0, 0, 2, 1]), torch.tensor([0.5, 1, 0, 1])
+    k = lambda u, v: (float(u @ v) / d + 1) ** 3  # noqa: E731
+    want = k(a, a) + k(b, b) - 2 * k(a, b)
+    assert metrics.kid(a.expand(20, d), b.expand(30, d), subsets=3, size=10) == pytest.approx(want)
+    # two samples of one distribution: near 0 on average (unbiased), unlike a shifted one
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1000, 16, generator=g), torch.randn(1000, 16, generator=g)
+    same = metrics.kid(x, y, subsets=10, size=300)
+    assert abs(same) < 0.01 and metrics.kid(x, y + 0.5, subsets=10, size=300) > 0.5
+
+
+def test_kl_known_values():
+    assert metrics.kl_divergence(np.array([1.0, 0.0]), np.array([0.5, 0.5])) == pytest.approx(np.log(2))
+    assert metrics.kl_divergence(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0
+    u = np.full(1000, 1e-3)
+    assert metrics.kl_divergence(np.eye(1000)[7], u) == pytest.approx(np.log(1000))
+
+
+# ---- scoring real and collapsed images ---------------------------------------------------
+
+def test_digits_real_scores_perfectly_and_a_collapsed_generator_does_not(judge):
+    s = metrics.Scorer("digits", HW)
+    real = s(s.real(500, seed=1))
+    assert real["classes"] == 10 and real["kl"] < 0.03 and real["confident"] > 0.9
+    one = s.real(1, seed=1)
+    collapsed = s(one.expand(500, -1, -1, -1))  # one image repeated
+    cls = int(s.classify(one)[1])
+    assert collapsed["classes"] == 1
+    assert collapsed["kl"] == pytest.approx(-np.log(s.ref_hist[cls]))
+    assert collapsed["fd"] > 50 * real["fd"] and collapsed["kid"] > 50 * abs(real["kid"])
+    # the digits data set in RGB (three equal channels) is judged as grey
+    grey = s.real(100, seed=2)
+    assert torch.equal(s.classify(grey.expand(-1, 3, -1, -1))[1], s.classify(grey)[1])
+
+
+def test_stacked_digits_modes(judge):
+    """Each channel is classified on its own: digits labelled 3, 1, 4 in R, G, B are mode
+    314; real triples cover nearly all modes, one repeated triple covers 1 (KL = log 1000)."""
+    s = metrics.Scorer("stacked-digits", HW, n=1000)  # a smaller reference than the papers' 26,000
+    x, y = metrics.real_digits(HW)
+    pick = [int(torch.nonzero(y == c)[0]) for c in (3, 1, 4)]
+    triple = torch.cat([x[i] for i in pick])[None]  # (1, 3, H, W)
+    f, cls, _ = s.classify(triple)
+    assert f.shape == (1, 3 * 128) and cls.tolist() == [[3, 1, 4]]
+    assert metrics.stacked_modes(cls).tolist() == [314]
+    collapsed = s(triple.expand(1000, -1, -1, -1))
+    assert collapsed["modes"] == 1 and collapsed["kl"] == pytest.approx(np.log(1000))
+    real = s(s.real(1000, seed=1))
+    assert real["modes"] > 560  # 1,000 draws of 1,000 near-uniform modes cover ~63 %
+    assert real["kl"] < 1.2 and real["confident"] > 0.8
+    assert collapsed["fd"] > 50 * real["fd"] and collapsed["kid"] > 50 * abs(real["kid"])
+
+
+# ---- the --eval-every hook -------------------------------------------------------------------
+
+def test_training_evaluator_rejects_other_data(tmp_path, capsys, judge):
+    from PIL import Image
+    for i in range(8):
+        Image.new("L", (16, 16), 40 * i).save(tmp_path / f"{i}.png")
+    argv = TINY + ["--path", tmp_path, "--eval-every", "2", "--out", tmp_path / "r"]
+    assert run_main("dcgan", argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "digits and stacked-digits data sets only" in line and "folder" in line
+
+
+def test_eval_every_logs_metrics_and_changes_nothing_else(tmp_path, monkeypatch, request, judge):
+    monkeypatch.setitem(metrics.SAMPLES, "digits", 500)  # fewer samples per evaluation (default 2,000)
+    evaluate.scorer.cache_clear()
+    metrics.classifier.cache_clear()  # the hook loads the judge from its file, inside the run
+    request.addfinalizer(evaluate.scorer.cache_clear)
+    argv = TINY + ["--image-size", "32"]
+    assert run_main("dcgan", argv + ["--eval-every", "2", "--out", tmp_path / "e"]) == 0
+    assert run_main("dcgan", argv + ["--out", tmp_path / "p"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "classes" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert set(evals[0]) == {"step", "classes", "kl", "confident", "fd", "kid"}
+    assert all(np.isfinite(v) for r in evals for v in r.values())
+    ce, cp = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in "ep")
+    for net in ("G", "D"):  # evaluating drew no random numbers of the run's
+        assert all(torch.equal(ce["nets"][net][k], cp["nets"][net][k]) for k in cp["nets"][net])
+    assert torch.equal(ce["rng"]["torch"], cp["rng"]["torch"])
+    # evaluate.py scores the last checkpoint as the hook scored step 4 (same z, same judge)
+    row = evaluate.evaluate_checkpoint(tmp_path / "e")
+    assert row["n"] == 500 and {k: row[k] for k in evals[1]} == evals[1]
+
+
+# ---- evaluate.py -----------------------------------------------------------------------------
+
+def test_evaluate_cli(tmp_path, judge):
+    assert run_main("dcgan", TINY + ["--image-size", "32", "--out", tmp_path / "runs" / "a"]) == 0
+    r = run_script("evaluate.py", tmp_path / "runs", "--real", "--n", "300", "--json", tmp_path / "t.json",
+                   "--markdown", tmp_path / "t.md")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [(x["model"], x["step"], x["n"]) for x in rows] == [("dcgan", 4, 300), ("real data", 0, 300)]
+    assert rows[1]["classes"] == 10 and rows[0]["fd"] > rows[1]["fd"]
+    assert rows[0]["classifier_accuracy"] >= 0.97
+    md = (tmp_path / "t.md").read_text()
+    assert md.startswith("| model | step | dataset |") and "held-out accuracy" in md and md in r.stdout
+
+
+def test_evaluate_bad_input(tmp_path, capsys, judge):
+    assert evaluate.main([str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint there" in one_error_line(capsys.readouterr().err)
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    ck["model"] = "os"  # a module that is not one of the scripts is never imported
+    torch.save(ck, tmp_path / "other.pt")
+    capsys.readouterr()
+    assert evaluate.main([str(tmp_path / "other.pt")]) == 2
+    assert "has no script os.py" in one_error_line(capsys.readouterr().err)
+    assert evaluate.main([]) == 2
+    assert "--real" in one_error_line(capsys.readouterr().err)
