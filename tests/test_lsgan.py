@@ -47,7 +47,7 @@ def known_step(*argv):
     ("0,2,5", 0.5 * (4 + 1) / 2 + 0.5 * 0, 12.5),     # every label distinct: a mix-up shows
 ])
 def test_losses_known_values(abc, loss_d, loss_g):
-    out = known_step("--abc", abc)
+    out = known_step(f"--abc={abc}")
     assert out["loss_d"].item() == pytest.approx(loss_d, abs=1e-6)
     assert out["loss_g"].item() == pytest.approx(loss_g, abs=1e-6)
     assert out["d_real"].item() == pytest.approx(0.5) and out["d_fake"].item() == 0.0
