@@ -172,7 +172,7 @@ def summary(runs: list[dict], models, keys) -> dict:
 
 def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
     """results.md's text and results.json's content."""
-    hw, seeds = common.size_str(args.image_size), sorted({r["seed"] for r in runs})
+    hw, seeds = "x".join(map(str, args.image_size)), sorted({r["seed"] for r in runs})
     cover = "classes" if args.dataset == "digits" else "modes"
     keys = [cover, "kl", "confident", "fd", "kid", "images_per_s", "wall_s"]
     results = summary(runs, args.models, keys)

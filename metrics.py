@@ -26,6 +26,7 @@ so their values are comparable within this project only, not with published FID/
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import os
 from pathlib import Path
@@ -245,7 +246,7 @@ class Scorer:
                                    f"(the judge is a digit classifier), not on {dataset}")
         self.dataset, self.hw, self.device = dataset, tuple(hw), device
         net, self.accuracy = classifier(self.hw, seed)
-        self.net = net.to(device)
+        self.net = copy.deepcopy(net).to(device)  # the cached one stays on the CPU
         self.n = n or SAMPLES[dataset]  # samples per evaluation; also the stacked-digits reference's
         if dataset == "digits":  # all 1,797 digits, and their class proportions
             real, labels = real_digits(self.hw)

@@ -68,16 +68,17 @@ def build_parser():
 
 # ---- the paper's ResNet (appendix; gan_64x64.py GoodGenerator / GoodDiscriminator) ----
 
-def _tf_init(conv: nn.Module, he: bool) -> nn.Module:
-    """The authors' tflib initialisation: uniform with std sqrt(4 / (fan_in + fan_out)) ('he')
-    or sqrt(2 / (fan_in + fan_out)) (Glorot), fan_out counting the kernel; zero biases."""
-    k = conv.weight[0, 0].numel() if conv.weight.dim() == 4 else 1
-    fan_in, fan_out = conv.weight.shape[1] * k, conv.weight.shape[0] * k
+def _tf_init(layer: nn.Module, he: bool) -> nn.Module:
+    """The authors' tflib initialisation of a conv or linear layer: uniform with std
+    sqrt(4 / (fan_in + fan_out)) ('he') or sqrt(2 / (fan_in + fan_out)) (Glorot), the fans
+    counting the kernel's area; zero biases."""
+    k = layer.weight[0, 0].numel() if layer.weight.dim() == 4 else 1
+    fan_in, fan_out = layer.weight.shape[1] * k, layer.weight.shape[0] * k
     std = math.sqrt((4.0 if he else 2.0) / (fan_in + fan_out))
-    nn.init.uniform_(conv.weight, -std * math.sqrt(3), std * math.sqrt(3))
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
+    nn.init.uniform_(layer.weight, -std * math.sqrt(3), std * math.sqrt(3))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
 
 
 def _conv(cin, cout, k, he=True, bias=True):
@@ -170,7 +171,7 @@ class WGANGP(common.GAN):
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
 
     def penalty(self, x, fake):
-        """(lambda-free) penalty and the per-sample gradient norms (B,) at x^."""
+        """The penalty (before lambda) at x^ between x and x~, and each sample's gradient norm (B,)."""
         # Algorithm 1, lines 4-6: eps ~ U[0, 1], one per sample (not per pixel), and
         # x^ = eps x + (1 - eps) x~, written x + eps (x~ - x) as in the authors' code (the same law)
         eps = torch.rand(len(x), 1, 1, 1, device=x.device)     # (B, 1, 1, 1)
