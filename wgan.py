@@ -9,14 +9,16 @@ with the critic schedule of the authors' code (github.com/martinarjovsky/Wassers
 The critic f (the DCGAN discriminator with no sigmoid) maximises E[f(x)] - E[f(G(z))] over
 weights clipped to [-c, c]; the generator minimises -E[f(G(z))]. The critic's objective,
 E[f(x)] - E[f(G(z))], estimates the Wasserstein distance (up to a constant): it is logged as
-`wasserstein` and should fall as the samples improve (Fig. 3 and 4 of the paper).
+`wasserstein` and should fall as the samples improve (Fig. 3 and 4 of the paper), once the
+critic has caught up (without the warm-up it first rises while the critic learns).
 
 Departures from the paper, each named where the code has it:
 - The authors' code trains the critic 100 times (not n_critic) for the first 25 generator
   updates and every 500th; this is kept (--critic-warmup; 0 turns it off).
 - On the built-in digits the networks are narrower (width 32, not 64), the run is 1,000
   generator updates, the learning rate is 2e-4 (not 5e-5) and there is no critic warm-up, so
-  that it draws digits in minutes on a CPU (the warm-up alone would take half of them).
+  that it draws digits in minutes on a CPU: the warm-up alone would take half of them, and at
+  5e-5 the grid after 1,000 updates is still mostly blotches.
   On any other data the paper's values are used; the paper gives no step count, so a folder
   run defaults to 100,000 generator updates.
 - The critic's parameters are clipped after each critic update, as Algorithm 1 says; the

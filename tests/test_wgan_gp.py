@@ -190,7 +190,7 @@ def test_smoke_subprocess_and_sample(tmp_path):
 
 
 def test_resume_is_bitwise_equal_resnet(tmp_path):
-    argv = TINY + ["--arch", "resnet", "--n-critic", "2"]
+    argv = TINY + ["--arch", "resnet", "--n-critic", "1"]
     assert run_main("wgan_gp", argv + ["--out", tmp_path / "full"]) == 0
     assert run_main("wgan_gp", argv + ["--steps", "2", "--out", tmp_path / "half"]) == 0
     assert run_main("wgan_gp", ["--resume", tmp_path / "half", "--steps", "4", "--no-progress"]) == 0
