@@ -71,6 +71,7 @@ def build_parser():
     g.add_argument("--lr-decay-every", type=steps_or_0, default=None,
                    help=f"halve both learning rates every this many steps; 0: never (default "
                         f"{DEFAULTS['lr_decay_every']}, carpedm20's; {SMALL['lr_decay_every']} on the built-in digits)")
+    g.add_argument("--h-dim", type=int, default=None, help="D's bottleneck N_h (default: --z-dim, the paper's N_h = N_z)")
     g.add_argument("--lr-min", type=float, default=2e-5, help="the halvings stop at this learning rate")
     g.add_argument("--lr-stall-window", type=steps_or_0, default=0,
                    help="also halve when the mean M_global over this many steps is not 1%% below the "
@@ -158,7 +159,7 @@ class BEGAN(common.GAN):
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)
         C, H, W = shape
-        self.D = AutoEncoder(args.z_dim, C, (H, W), args.width).to(device)
+        self.D = AutoEncoder(args.h_dim or args.z_dim, C, (H, W), args.width).to(device)
         self.G = Decoder(args.z_dim, C, (H, W), args.width).to(device)  # D's decoder's shape, own weights
         betas = (args.beta1, args.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
@@ -190,19 +191,21 @@ class BEGAN(common.GAN):
 
         # L(v) = |v − D(v)|^η with η = 1: the mean absolute reconstruction error   (§3.1; carpedm20)
         v = torch.cat([x, fake_d, fake_g])           # (3B, C, H, W)
-        l_real, l_fake_d, l_fake_g = (v - self.D(v)).abs().flatten(1).mean(1).view(3, B).mean(1)
+        l_real, l_fake_d, l_fake_g = (v - self.D(v).float()).abs().flatten(1).mean(1).view(3, B).mean(1)
         # L_D = L(x) − k_t·L(G(z_D))   for θ_D;   L_G = L(G(z_G))   for θ_G   (§3.4),
         # one simultaneous step: D's gradient from L_D only, G's from L_G only.
         loss_d = l_real - self.k * l_fake_d
         loss_g = l_fake_g
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_d.backward(inputs=list(self.D.parameters()), retain_graph=True)
-        loss_g.backward(inputs=list(self.G.parameters()))
-        self.opt_d.step()
-        self.opt_g.step()
+        self.backward(loss_d, self.opt_d, inputs=list(self.D.parameters()), retain_graph=True)
+        self.backward(loss_g, self.opt_g, inputs=list(self.G.parameters()))
+        self.step_optimizer(self.opt_d)
+        self.step_optimizer(self.opt_g)
 
-        # k_{t+1} = clip(k_t + λ_k·(γ·L(x) − L(G(z_G))), 0, 1)   (§3.4; k_t ∈ [0, 1])
+        # k_{t+1} = clip(k_t + λ_k·(γ·L(x) − L(G(z_G))), 0, 1)   (§3.4; k_t ∈ [0, 1]);
+        # under torchrun from the means over all ranks, so that every rank keeps the same k_t
+        l_real, l_fake_g = self.all_mean(l_real.detach()), self.all_mean(l_fake_g.detach())
         balance = (a.gamma * l_real - l_fake_g).detach()
         self.k = (self.k + a.lambda_k * balance).clamp(0.0, 1.0)
         # M_global = L(x) + |γ·L(x) − L(G(z_G))|   (§3.4.1)

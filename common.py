@@ -97,6 +97,16 @@ def _positive_int(text):
     return v
 
 
+def _ema_beta(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not an EMA decay in [0, 1) (e.g. 0.999; 0 turns it off)")
+    return v
+
+
 def make_parser(doc: str, defaults: dict, small: dict | None = None) -> argparse.ArgumentParser:
     """The shared flags. A model passes its paper's defaults (batch_size, steps, z_dim,
     width, g_lr, d_lr) and adds its own flags afterwards. `small` holds the departures used
@@ -148,6 +158,19 @@ def make_parser(doc: str, defaults: dict, small: dict | None = None) -> argparse
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     g.add_argument("--eval-every", type=int, default=0,
                    help="steps between quality metrics (evaluate.py) in metrics.jsonl; 0: off; digits data sets only")
+    g = p.add_argument_group("speed and scale (none changes a model's equations)")
+    g.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="mixed precision: autocast the forward passes (fp16 with a gradient scaler); "
+                        "gradient penalties stay in fp32")
+    g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="channels_last memory format for networks and batches (auto: on with CUDA)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks (not a critic that a gradient penalty differentiates twice)")
+    g.add_argument("--ema", type=_ema_beta, default=0.0, metavar="BETA",
+                   help="keep an exponential moving average of G's weights with this decay (e.g. 0.999) and "
+                        "use it for samples and evaluation; 0: off")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: synchronise BatchNorm statistics across ranks (CUDA only)")
     g = p.add_argument_group("sampling from a checkpoint")
     g.add_argument("--sample", type=str, default=None, metavar="CHECKPOINT",
                    help="write a grid of samples from a checkpoint (or run directory) and exit")
@@ -160,7 +183,7 @@ def make_parser(doc: str, defaults: dict, small: dict | None = None) -> argparse
 # Flags that may change when a run is resumed; every other flag comes from the checkpoint.
 RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "data_memory_gb", "path", "log_every", "eval_every",
                    "sample_every", "checkpoint_every", "no_progress", "resume", "sample", "n",
-                   "interpolate"}
+                   "interpolate", "amp", "channels_last", "compile", "sync_bn"}
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
@@ -530,11 +553,20 @@ class Batches:
     batch; `images` counts the real images served (for images/s).
     """
 
-    def __init__(self, data, batch_size, seed, device, state=None):
+    def __init__(self, data, batch_size, seed, device, state=None, channels_last=False):
         self.data, self.bs, self.seed, self.device = data, batch_size, seed, device
+        # Under torchrun each position is a global batch of world()·B images, of which rank r
+        # takes the r-th B: K ranks of batch B see what one process of batch K·B sees.
+        self.rank, self.world = rank(), world()
         self.epoch, self.pos = (state["epoch"], state["pos"]) if state else (0, 0)
+        if state and state.get("global_batch", batch_size) != batch_size * self.world:  # resumed on another K
+            self.pos = self.pos * state["global_batch"] // (batch_size * self.world)
+        self.channels_last = channels_last
         self.images, self.skipped = 0, getattr(data, "skipped", 0)
-        self.per_epoch = len(data) // batch_size
+        self.per_epoch = len(data) // (batch_size * self.world)
+        if self.per_epoch == 0:
+            raise UserError(f"--batch-size {batch_size}" + (f" on {self.world} ranks" if self.world > 1 else "")
+                            + f" is larger than the data set ({len(data)} images)")
         self._loader_iter = None
         self._x = None
         if isinstance(data, Images) and not isinstance(data, StackedDigits):
@@ -548,7 +580,12 @@ class Batches:
         self._perm = None
 
     def state(self):
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, "global_batch": self.bs * self.world}
+
+    def _mine(self, order, pos):
+        """This rank's B indices of global batch `pos` of an epoch's order."""
+        start = (pos * self.world + self.rank) * self.bs
+        return order[start:start + self.bs]
 
     def _order(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -556,7 +593,7 @@ class Batches:
 
     def _streamed(self):
         order = self._order()
-        batches = [order[i * self.bs:(i + 1) * self.bs].tolist() for i in range(self.pos, self.per_epoch)]
+        batches = [self._mine(order, i).tolist() for i in range(self.pos, self.per_epoch)]
         return iter(torch.utils.data.DataLoader(
             self.data.ds, batch_sampler=batches, num_workers=self.data.workers, collate_fn=_collate_skip,
             pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4
@@ -573,12 +610,12 @@ class Batches:
         else:
             if self._perm is None:
                 self._perm = self._order()
-            idx = self._perm[self.pos * self.bs:(self.pos + 1) * self.bs]
+            idx = self._mine(self._perm, self.pos)
             x = self._x[idx.to(self._x.device)] if self._x is not None else self.data.batch(idx)
         self.pos += 1
-        self.images += len(x)
-        x = x.to(self.device, non_blocking=True)
-        return x.float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]
+        self.images += len(x) * self.world
+        x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 # --------------------------------------------------------------------------------------
@@ -648,7 +685,7 @@ class DCGANDiscriminator(nn.Module):
         dcgan_init(self)
 
     def forward(self, x):
-        return self.head(self.features(x)).view(len(x))
+        return self.head(self.features(x)).view(len(x)).float()  # fp32 scores under --amp
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -668,16 +705,84 @@ def dcgan_init(module: nn.Module) -> None:
 # The model interface
 # --------------------------------------------------------------------------------------
 
+# --------------------------------------------------------------------------------------
+# Several processes (torchrun): one process per device, gradients averaged
+# --------------------------------------------------------------------------------------
+
+def rank() -> int:
+    return torch.distributed.get_rank() if _distributed() else 0
+
+
+def world() -> int:
+    return torch.distributed.get_world_size() if _distributed() else 1
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def init_distributed(args) -> torch.device | None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo otherwise)
+    and return this rank's device; None for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _distributed():
+        return None
+    cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
+    if args.device == "mps":
+        raise UserError("torchrun: several processes need CUDA or the CPU (--device cuda|cpu)")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return torch.device("cuda", local) if cuda else torch.device("cpu")
+
+
+def all_reduce_grads(params) -> None:
+    """Average the gradients of `params` over the ranks, in one flat buffer (one all-reduce).
+    This is DistributedDataParallel's arithmetic without its wrapper: the wrapper cannot follow
+    torch.autograd.grad(create_graph=True), which the gradient penalties need."""
+    if world() == 1:
+        return
+    grads = []
+    for p in params:
+        if p.grad is None:  # every rank must send the same buffer
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    flat /= world()
+    for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(f)
+
+
+def full_precision(device: torch.device):
+    """A region where autocast is off: ops run in the dtype of their inputs (fp32)."""
+    return torch.autocast(device.type, enabled=False)
+
+
+# --------------------------------------------------------------------------------------
+# The model interface
+# --------------------------------------------------------------------------------------
+
 class GAN:
     """What a model file defines (one subclass): networks self.G and self.D, optimizers
-    self.opt_g and self.opt_d, and train_step(), one generator update. The rest is here."""
+    self.opt_g and self.opt_d, and train_step(), one generator update. The rest is here.
+
+    A model steps its optimizers with self.update(opt, loss) (or self.backward() and
+    self.step_optimizer() when one pass feeds two optimizers); that is where the fp16
+    gradient scaler and the gradient averaging across torchrun ranks happen. It draws its
+    noise with self.sample_z(), self.rand() and self.randn(): under torchrun every rank draws
+    the whole global batch from the same stream and keeps its own slice, so K ranks of batch B
+    draw exactly what one process of batch K·B draws."""
 
     name = "gan"
     z_prior = "normal"  # or "uniform" (U[-1, 1], BEGAN)
+    double_backward = False  # True: a gradient penalty differentiates D twice (--compile leaves D eager)
 
     def __init__(self, args, shape, device):
         self.args, self.shape, self.device = args, shape, device
         self.step = 0  # generator updates done; the training loop sets it before each step
+        self.G_ema = None  # --ema: the moving average of G (prepare_model() makes it)
+        self.scalers = {}  # --amp fp16: one gradient scaler per optimizer name
 
     def train_step(self, real) -> dict:
         """One generator update (and the critic updates before it). `real()` returns the next
@@ -685,18 +790,73 @@ class GAN:
         reads them only every --log-every steps, so the GPU is never waited on)."""
         raise NotImplementedError
 
-    def sample_z(self, n, generator=None, device=None):
-        shape = (n, self.args.z_dim)
+    # ---- noise ---------------------------------------------------------------------------
+    def _draw(self, fn, n, shape, generator=None, device=None):
         device = device or self.device
-        if self.z_prior == "uniform":
-            return torch.rand(shape, generator=generator, device=device) * 2 - 1
-        return torch.randn(shape, generator=generator, device=device)
+        w = world() if generator is None else 1
+        x = fn((n * w, *shape), generator=generator, device=device)
+        return x if w == 1 else x[rank() * n:(rank() + 1) * n]
 
+    def rand(self, n, *shape):
+        """U[0, 1) of shape (n, *shape): this rank's slice of a global draw."""
+        return self._draw(torch.rand, n, shape)
+
+    def randn(self, n, *shape):
+        """N(0, 1) of shape (n, *shape): this rank's slice of a global draw."""
+        return self._draw(torch.randn, n, shape)
+
+    def sample_z(self, n, generator=None, device=None):
+        if self.z_prior == "uniform":
+            return self._draw(torch.rand, n, (self.args.z_dim,), generator, device) * 2 - 1
+        return self._draw(torch.randn, n, (self.args.z_dim,), generator, device)
+
+    # ---- updates -------------------------------------------------------------------------
+    def _scaler(self, opt):
+        for k, o in self.optimizers().items():
+            if o is opt:
+                return self.scalers.get(k)
+        return None
+
+    def backward(self, loss, opt, **kw):
+        """loss.backward(**kw) outside autocast, scaled by opt's gradient scaler under fp16."""
+        scaler = self._scaler(opt)
+        with full_precision(self.device):
+            (scaler.scale(loss) if scaler else loss).backward(**kw)
+
+    def step_optimizer(self, opt):
+        """Average the gradients over the ranks, then step (through the scaler under fp16)."""
+        all_reduce_grads([p for g in opt.param_groups for p in g["params"]])
+        scaler = self._scaler(opt)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+
+    def update(self, opt, loss, **kw):
+        """One optimizer step on loss: zero the gradients, backward, average, step."""
+        opt.zero_grad(set_to_none=True)
+        self.backward(loss, opt, **kw)
+        self.step_optimizer(opt)
+
+    def all_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean of t over the ranks (t itself in one process): for a statistic that the
+        model's update rule uses, e.g. BEGAN's k_t control."""
+        if world() == 1:
+            return t
+        t = t.detach().clone()
+        torch.distributed.all_reduce(t)
+        return t / world()
+
+    # ---- what the loop saves and samples from -----------------------------------------------
     def generator_for_sampling(self) -> nn.Module:
-        return self.G
+        return self.G_ema if self.G_ema is not None else self.G
 
     def modules(self) -> dict:
-        return {"G": self.G, "D": self.D}
+        nets = {"G": self.G, "D": self.D}
+        if self.G_ema is not None:
+            nets["G_ema"] = self.G_ema
+        return nets
 
     def optimizers(self) -> dict:
         return {"G": self.opt_g, "D": self.opt_d}
@@ -707,6 +867,45 @@ class GAN:
 
     def load_extra_state(self, state: dict) -> None:
         pass
+
+
+def prepare_model(model: GAN, args, for_training: bool) -> GAN:
+    """Apply the shared speed flags to a freshly built model: --sync-bn, --ema, channels_last,
+    the fp16 gradient scalers, --compile. None of them changes the model's equations."""
+    device = model.device
+    if for_training and world() > 1 and getattr(args, "sync_bn", False):
+        if device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only)")
+        model.G = nn.SyncBatchNorm.convert_sync_batchnorm(model.G)
+        model.D = nn.SyncBatchNorm.convert_sync_batchnorm(model.D)
+    if getattr(args, "ema", 0):
+        import copy
+        model.G_ema = copy.deepcopy(model.G).requires_grad_(False)
+    if channels_last(args, device):
+        for m in model.modules().values():
+            m.to(memory_format=torch.channels_last)
+    if for_training and getattr(args, "amp", "off") == "fp16":
+        model.scalers = {k: torch.amp.GradScaler(device.type) for k in model.optimizers()}
+    if for_training and getattr(args, "compile", False):
+        backend = os.environ.get("GAN_COMPILE_BACKEND", "inductor")  # tests use "eager" (no C++ compiler run)
+        model.G.compile(backend=backend)
+        if not model.double_backward:
+            model.D.compile(backend=backend)
+    return model
+
+
+def channels_last(args, device) -> bool:
+    v = getattr(args, "channels_last", "auto")
+    return v == "on" or (v == "auto" and device.type == "cuda")
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
+    """ema <- beta·ema + (1 − beta)·net for the weights; buffers (BatchNorm's statistics) copied."""
+    e = [p for p in ema.parameters()]
+    torch._foreach_lerp_(e, [p.detach() for p in net.parameters()], 1.0 - beta)
+    for b, nb in zip(ema.buffers(), net.buffers()):
+        b.copy_(nb)
 
 
 # --------------------------------------------------------------------------------------
@@ -774,6 +973,7 @@ def save_checkpoint(path: Path, model: GAN, step: int, batches: Batches, fixed_z
         "nets": {k: m.state_dict() for k, m in model.modules().items()},
         "optimizers": {k: o.state_dict() for k, o in model.optimizers().items()},
         "extra": model.extra_state(),
+        "scalers": {k: sc.state_dict() for k, sc in model.scalers.items()},  # --amp fp16
         "data": batches.state(),
         "fixed_z": fixed_z.cpu(),
         "rng": {"torch": torch.get_rng_state(),
@@ -796,9 +996,9 @@ def checkpoint_path(path_or_dir: str) -> Path:
     return p
 
 
-def load_checkpoint(path_or_dir: str, name: str) -> tuple[dict, Path]:
+def load_checkpoint(path_or_dir: str, name: str | None = None) -> tuple[dict, Path]:
     """Load with weights_only=True (opening a checkpoint never runs code) and check that it
-    belongs to this model."""
+    belongs to the model `name` (any model when None)."""
     p = checkpoint_path(path_or_dir)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
@@ -807,7 +1007,7 @@ def load_checkpoint(path_or_dir: str, name: str) -> tuple[dict, Path]:
         raise UserError(f"{p}: not a readable checkpoint ({first[:120]})")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "nets" not in ckpt:
         raise UserError(f"{p}: not a checkpoint written by this project")
-    if ckpt["model"] != name:
+    if name is not None and ckpt["model"] != name:
         raise UserError(f"{p} is a {ckpt['model']} checkpoint; use {ckpt['model']}.py for it, not {name}.py")
     return ckpt, p
 
@@ -820,6 +1020,9 @@ def _restore(model: GAN, ckpt: dict, p: Path) -> None:
             if k in ckpt.get("optimizers", {}):
                 o.load_state_dict(ckpt["optimizers"][k])
         model.load_extra_state(ckpt.get("extra", {}))
+        for k, sc in model.scalers.items():
+            if k in ckpt.get("scalers", {}):
+                sc.load_state_dict(ckpt["scalers"][k])
     except (KeyError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"{p}: does not fit this model's networks ({first[:150]})")
@@ -939,14 +1142,17 @@ def train(model_cls, args, explicit: set[str]) -> int:
         if "out" not in explicit:
             args.out = str(ckpt_file.parent)
     resolve_data_args(args)
-    device = pick_device(args.device)
-    torch.manual_seed(args.seed)
+    device = init_distributed(args) or pick_device(args.device)
+    lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
+    if args.amp != "off" and device.type == "mps":
+        raise UserError("--amp: autocast on Apple GPUs is not supported here (use --amp off)")
+    torch.manual_seed(args.seed)  # the same on every rank: the ranks draw one global stream
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
     data = load_data(args)
     shape = tuple(data.shape)
-    model = model_cls(args, shape, device)
+    model = prepare_model(model_cls(args, shape, device), args, for_training=True)
     g = torch.Generator().manual_seed(args.seed + 1)
     fixed_z = model.sample_z(64, generator=g, device=torch.device("cpu"))
     start = 0
@@ -961,12 +1167,18 @@ def train(model_cls, args, explicit: set[str]) -> int:
         if device.type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
     fixed_z = fixed_z.to(device)
-    batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None)
+    batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None,
+                      channels_last=channels_last(args, device))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16,
+                         enabled=args.amp != "off")
 
     run_dir = Path(args.out) if args.out else _new_run_dir(model.name)
+    if not lead:
+        return _follow(model, args, batches, amp, start)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     config = {k: _plain(v) for k, v in vars(args).items() if not k.startswith("_")}
-    config.update(model=model.name, shape=list(shape), data_size=len(data), torch=str(torch.__version__))
+    config.update(model=model.name, shape=list(shape), data_size=len(data), torch=str(torch.__version__),
+                  ranks=world())
     config = json.loads(json.dumps(config))  # plain values only: weights_only loading accepts them
     (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     metrics_path = run_dir / "metrics.jsonl"
@@ -981,6 +1193,10 @@ def train(model_cls, args, explicit: set[str]) -> int:
 
     info = (f"{model.name}: {len(data)} images {shape} from {data.source}, device {device}, "
             f"steps {start}->{args.steps}, run dir {run_dir}")
+    if args.compile and model.double_backward:
+        info += "; --compile: G only (the gradient penalty differentiates D twice, which compiled graphs cannot)"
+    if world() > 1:
+        info += f"; {world()} ranks of batch {args.batch_size} (global batch {world() * args.batch_size})"
     if data.skipped:
         info += f"; skipped {data.skipped} unreadable image(s)"
     print(info, file=sys.stderr)
@@ -1010,21 +1226,18 @@ def train(model_cls, args, explicit: set[str]) -> int:
                 f"(stopped at step {step}); last good checkpoint: {where}. "
                 "Try a lower learning rate, or resume from it with another --seed")
 
-    step = start
+    step, stop_all = start, False
     with _StopFlag() as stop:
         try:
             while step < args.steps:
-                model.step = step  # generator updates done so far (schedules read it)
-                scalars = model.train_step(batches)
+                scalars, vals, bad_step = _one_step(model, args, batches, amp, step, bad_step)
                 step += 1
-                vals = torch.stack([v.detach().float().reshape(()) for v in scalars.values()])
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(vals).all(),
-                                       torch.tensor(step, device=device), bad_step)
                 for k, v in zip(scalars, vals):
                     acc[k] = acc[k] + v if k in acc else v
                 n_acc += 1
                 bar.update(1)
                 if step % args.log_every == 0 or step == args.steps:
+                    bad_step, stop_all = _agree(bad_step, stop.hit)
                     if int(bad_step) >= 0:
                         raise Diverged(diverged_message(step))
                     dt = time.perf_counter() - t0
@@ -1064,7 +1277,7 @@ def train(model_cls, args, explicit: set[str]) -> int:
                 if step % args.checkpoint_every == 0 or step == args.steps:
                     if not checkpoint(step):
                         raise Diverged(diverged_message(step))
-                if stop.hit:
+                if stop.hit if world() == 1 else stop_all:
                     break
         except Diverged:
             bar.close()
@@ -1083,6 +1296,50 @@ def train(model_cls, args, explicit: set[str]) -> int:
     write_timeline(run_dir)
     print(f"{model.name}: done, step {step}; samples in {run_dir / 'samples'}, checkpoint {ckpt_path}",
           file=sys.stderr)
+    return 0
+
+
+def _one_step(model: GAN, args, batches: Batches, amp, step: int, bad_step: torch.Tensor):
+    """Generator update number step + 1 (with the EMA after it). Returns the scalars, them
+    stacked, and bad_step: the first step whose scalars were not finite (-1: none), kept on
+    the device so that no step waits for it."""
+    model.step = step  # generator updates done so far (schedules read it)
+    with amp:
+        scalars = model.train_step(batches)
+    if model.G_ema is not None:
+        ema_update(model.G_ema, model.G, args.ema)
+    vals = torch.stack([v.detach().float().reshape(()) for v in scalars.values()])
+    bad_step = torch.where((bad_step < 0) & ~torch.isfinite(vals).all(),
+                           torch.tensor(step + 1, device=bad_step.device), bad_step)
+    return scalars, vals, bad_step
+
+
+def _agree(bad_step: torch.Tensor, stop_hit: bool):
+    """Under torchrun the ranks agree, at each log step, on divergence and on a stop request
+    (the latest of them), so that all stop at the same step."""
+    if world() == 1:
+        return bad_step, stop_hit
+    t = torch.stack([bad_step, torch.tensor(int(stop_hit), device=bad_step.device)])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t[0], bool(t[1])
+
+
+def _follow(model: GAN, args, batches: Batches, amp, start: int) -> int:
+    """A rank other than 0 under torchrun: the same updates as rank 0, no files, no output."""
+    bad_step = torch.full((), -1, dtype=torch.long, device=model.device)
+    step = start
+    with _StopFlag() as stop:
+        while step < args.steps:
+            _, _, bad_step = _one_step(model, args, batches, amp, step, bad_step)
+            step += 1
+            if step % args.log_every == 0 or step == args.steps:
+                bad_step, stop_all = _agree(bad_step, stop.hit)
+                if int(bad_step) >= 0:
+                    return 1  # rank 0 says where and why
+                if stop_all:
+                    break
+            if (step % args.checkpoint_every == 0 or step == args.steps) and not _finite(model):
+                return 1
     return 0
 
 
@@ -1128,13 +1385,19 @@ def write_timeline(run_dir: Path, max_frames=100) -> None:
 # Sampling from a checkpoint
 # --------------------------------------------------------------------------------------
 
-def sample(model_cls, args) -> int:
-    ckpt, p = load_checkpoint(args.sample, model_cls.name)
+def model_from_checkpoint(model_cls, ckpt: dict, p: Path, device) -> GAN:
+    """The model a checkpoint describes (its own config), networks restored, for sampling."""
     cfg = argparse.Namespace(**ckpt["config"])
     cfg.image_size = tuple(cfg.image_size)
-    device = pick_device(args.device)
-    model = model_cls(cfg, tuple(ckpt["shape"]), device)
+    model = prepare_model(model_cls(cfg, tuple(ckpt["shape"]), device), cfg, for_training=False)
     _restore(model, ckpt, p)
+    return model
+
+
+def sample(model_cls, args) -> int:
+    ckpt, p = load_checkpoint(args.sample, model_cls.name)
+    device = pick_device(args.device)
+    model = model_from_checkpoint(model_cls, ckpt, p, device)
     g = torch.Generator().manual_seed(args.seed)
     if args.interpolate:
         out = Path(args.out or p.parent / "walk.gif")
@@ -1177,3 +1440,6 @@ def main(model_cls, parser: argparse.ArgumentParser, argv=None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if _distributed():
+            torch.distributed.destroy_process_group()

@@ -68,6 +68,7 @@ def build_parser():
 
 class DRAGAN(common.GAN):
     name = "dragan"
+    double_backward = True  # the penalty differentiates D twice: --compile leaves it eager
     z_prior = "uniform"  # the authors' code: z ~ U[-1, 1]
 
     def __init__(self, args, shape, device):
@@ -84,19 +85,20 @@ class DRAGAN(common.GAN):
         """Points x̂ (B, C, H, W) near the real batch x, where the penalty is taken."""
         if self.args.perturb == "paper":
             # x̂ = x + δ, δ ~ N(0, c·I)                              (Kodali et al. 2017, Eq. 1)
-            return x + math.sqrt(self.args.perturb_c) * torch.randn_like(x)
+            return x + math.sqrt(self.args.perturb_c) * self.randn(*x.shape)
         # The authors' code: x_p = x + 0.5·std(x)·U[0, 1) per element (std over the batch,
         # numpy's ddof=0), x̂ = x + α·(x_p − x) with α ~ U[0, 1] per sample; no clamping.
-        delta = 0.5 * x.std(correction=0) * torch.rand_like(x)          # (B, C, H, W)
-        alpha = torch.rand(len(x), *[1] * (x.dim() - 1), device=x.device)  # (B, 1, 1, 1)
+        delta = 0.5 * x.std(correction=0) * self.rand(*x.shape)         # (B, C, H, W)
+        alpha = self.rand(len(x), *[1] * (x.dim() - 1))                 # (B, 1, 1, 1)
         return x + alpha * delta
 
     def penalty(self, x_hat):
         """E[(‖∇D(x̂)‖₂ − 1)²] with its graph (so that it trains D), and the mean ‖∇D(x̂)‖₂."""
-        x_hat = x_hat.detach().requires_grad_(True)
+        x_hat = x_hat.detach().float().requires_grad_(True)
         # the gradient of the logit; summing over the batch gives each sample its own gradient,
-        # since D has no batch statistics
-        grad, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)  # (B, C, H, W)
+        # since D has no batch statistics. Under --amp this pass runs in fp32 (an fp32 gradient).
+        with common.full_precision(x_hat.device):
+            grad, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)  # (B, C, H, W)
         # λ's factor: E[(‖∇D(x̂)‖₂ − 1)²], each norm over all of a sample's (C, H, W)
         gp = kernels.gradient_penalty(grad, target=1.0)
         with torch.no_grad():
@@ -117,17 +119,13 @@ class DRAGAN(common.GAN):
         loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
                   + self.args.lambda_gp * gp)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self.update(self.opt_d, loss_d)
 
         # G: the non-saturating loss, min −E[log D(G(z))] (Goodfellow et al. 2014 §3), on a
         # fresh z, as the authors' code does.
         d_gen = self.D(self.G(self.sample_z(B)))     # (B,)
         loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self.update(self.opt_g, loss_g)
 
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
                 "gp": gp.detach(),                   # E[(‖∇D(x̂)‖ − 1)²], without λ

@@ -117,7 +117,7 @@ class EBGAN(common.GAN):
     def energy(self, x):
         """D(x) per sample (B,) and the encoder code S (B, 4w, h, w)."""
         recon, s = self.D(x)
-        err = (recon - x).flatten(1)                 # (B, C*H*W)
+        err = (recon.float() - x).flatten(1)         # (B, C*H*W), fp32 under --amp
         # D(x) = ||Dec(Enc(x)) − x||   (Zhao et al. 2016, Eq. 13); 'mse': ||.||² / (C·H·W)
         e = err.norm(dim=1) if self.args.energy == "l2" else err.square().mean(1)
         return e, s
@@ -133,18 +133,14 @@ class EBGAN(common.GAN):
         e_fake, _ = self.energy(fake.detach())       # (B,)
         hinge = (self.args.margin - e_fake).clamp(min=0)
         loss_d = e_real.mean() + hinge.mean()
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self.update(self.opt_d, loss_d)
 
         # L_G(z) = D(G(z)) + λ_PT·f_PT(S)   (Eq. 2 and §2.4; the pull-away term in G's loss only)
         # f_PT(S) = 1/(N(N−1)) Σ_i Σ_{j≠i} (S_iᵀS_j / (‖S_i‖‖S_j‖))²   (Eq. 14), S the codes of G(z)
         e_gen, s = self.energy(fake)                 # (B,), (B, 4w, h, w)
         pt = kernels.pullaway(s)
         loss_g = e_gen.mean() + self.args.pt_weight * pt
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self.update(self.opt_g, loss_g)
 
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
                 "d_real": e_real.mean().detach(),    # D(x): the energy of real images, kept low

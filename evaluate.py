@@ -46,13 +46,6 @@ def make_training_evaluator(args, device):
     return lambda sample_fn: s(sample_fn(s.n))
 
 
-class _ItsOwnModel(str):
-    """Equal to every model name: lets common.load_checkpoint load a checkpoint of any script."""
-
-    def __ne__(self, other):
-        return False
-
-
 def model_class(name: str):
     """The common.GAN subclass of the script `name`.py, whose `name` is the script's."""
     if not name.isidentifier() or not (ROOT / f"{name}.py").is_file():
@@ -67,12 +60,8 @@ def model_class(name: str):
 def load_model(path, device) -> tuple[common.GAN, dict]:
     """A checkpoint (or run directory) of any script -> its model, networks restored, and
     the checkpoint."""
-    ckpt, p = common.load_checkpoint(path, _ItsOwnModel())
-    cfg = argparse.Namespace(**ckpt["config"])
-    cfg.image_size = tuple(cfg.image_size)
-    model = model_class(ckpt["model"])(cfg, tuple(ckpt["shape"]), device)
-    common._restore(model, ckpt, p)
-    return model, ckpt
+    ckpt, p = common.load_checkpoint(path)
+    return common.model_from_checkpoint(model_class(ckpt["model"]), ckpt, p, device), ckpt
 
 
 def evaluate_checkpoint(path, device=torch.device("cpu"), n: int | None = None, seed: int = 0) -> dict:

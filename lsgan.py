@@ -85,17 +85,13 @@ class LSGAN(common.GAN):
         d_real = self.D(x)                           # (B,)
         d_fake = self.D(fake.detach())               # (B,)
         loss_d = 0.5 * (d_real - self.b).square().mean() + 0.5 * (d_fake - self.a).square().mean()
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self.update(self.opt_d, loss_d)
 
         # G: min ½ E_z[(D(G(z)) − c)²]                                (Mao et al. 2016, Eq. 2)
         # Same fake as above: the authors' code feeds G's step the same z.
         d_gen = self.D(fake)                         # (B,)
         loss_g = 0.5 * (d_gen - self.c).square().mean()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self.update(self.opt_g, loss_g)
 
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
                 "d_real": d_real.mean().detach(),    # D(x), heads to b

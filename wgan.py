@@ -97,9 +97,7 @@ class WGAN(common.GAN):
             # in separate batches, as in the authors' code (each BatchNorm sees one kind).
             wasserstein = self.D(x).mean() - self.D(fake).mean()
             loss_d = -wasserstein
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
+            self.update(self.opt_d, loss_d)
             # Algorithm 1, line 7: w <- clip(w, -c, c), every parameter (BatchNorm's scale and shift too)
             with torch.no_grad():
                 for p in self.D.parameters():
@@ -108,9 +106,7 @@ class WGAN(common.GAN):
         # Generator: minimise -E[f(G(z))]   (Algorithm 1, lines 9-11), a fresh batch of z
         z = self.sample_z(self.args.batch_size)          # (B, z_dim)
         loss_g = -self.D(self.G(z)).mean()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self.update(self.opt_g, loss_g)
 
         return {"wasserstein": wasserstein.detach(),     # E[f(x)] - E[f(G(z))], last critic update
                 "loss_d": loss_d.detach(), "loss_g": loss_g.detach(),

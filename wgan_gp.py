@@ -149,11 +149,12 @@ class ResNetCritic(nn.Module):
 
     def forward(self, x):                                     # (B, C, H, W)
         h = self.blocks(self.input(x))                        # (B, 8w, h0, w0)
-        return self.head(h.flatten(1)).view(len(x))           # (B,)
+        return self.head(h.flatten(1)).view(len(x)).float()   # (B,), fp32 under --amp
 
 
 class WGANGP(common.GAN):
     name = "wgan_gp"
+    double_backward = True  # the penalty differentiates the critic twice: --compile leaves it eager
 
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)
@@ -174,10 +175,12 @@ class WGANGP(common.GAN):
         """The penalty (before lambda) at x^ between x and x~, and each sample's gradient norm (B,)."""
         # Algorithm 1, lines 4-6: eps ~ U[0, 1], one per sample (not per pixel), and
         # x^ = eps x + (1 - eps) x~, written x + eps (x~ - x) as in the authors' code (the same law)
-        eps = torch.rand(len(x), 1, 1, 1, device=x.device)     # (B, 1, 1, 1)
-        x_hat = (x + eps * (fake - x)).requires_grad_(True)    # (B, C, H, W)
-        # grad_x^ D(x^), kept in the graph (create_graph) so that the penalty reaches D's weights
-        grad, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)  # (B, C, H, W)
+        eps = self.rand(len(x), 1, 1, 1)                       # (B, 1, 1, 1)
+        x_hat = (x + eps * (fake.float() - x)).requires_grad_(True)  # (B, C, H, W), fp32
+        # grad_x^ D(x^), kept in the graph (create_graph) so that the penalty reaches D's weights;
+        # under --amp this pass runs in fp32, so the gradient and its norm are fp32
+        with common.full_precision(x.device):
+            grad, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)  # (B, C, H, W)
         # Eq. 3: E[(||grad_x^ D(x^)||_2 - 1)^2], each norm over all of a sample's (C, H, W)
         gp = kernels.gradient_penalty(grad, target=1.0)
         with torch.no_grad():
@@ -194,16 +197,12 @@ class WGANGP(common.GAN):
             wasserstein = self.D(x).mean() - self.D(fake).mean()
             gp, norms = self.penalty(x, fake)
             loss_d = -wasserstein + self.args.gp_lambda * gp
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            self.opt_d.step()
+            self.update(self.opt_d, loss_d)
 
         # Generator: minimise -E[D(G(z))]   (Algorithm 1, lines 11-12), a fresh batch of z
         z = self.sample_z(self.args.batch_size)                # (B, z_dim)
         loss_g = -self.D(self.G(z)).mean()
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        self.update(self.opt_g, loss_g)
 
         return {"wasserstein": wasserstein.detach(),           # E[D(x)] - E[D(G(z))], last critic update
                 "gp": gp.detach(), "grad_norm": norms.mean(),  # mean ||grad D(x^)||, near 1 when healthy

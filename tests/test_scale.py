@@ -1,0 +1,228 @@
+"""The shared speed and scale flags (--amp, --channels-last, --compile, --ema, torchrun):
+each must leave a model's equations alone."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import common
+from conftest import ROOT, TINY, one_error_line, run_main
+
+import began
+import dcgan
+import dragan
+import wgan_gp
+
+
+def _args(module, *extra):
+    a = module.build_parser().parse_args(["--image-size", "16", "--width", "4", "--batch-size", "8", *extra])
+    common.resolve_data_args(a)
+    return a
+
+
+def _nets(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
+
+
+# ---- EMA ----------------------------------------------------------------------------------
+
+def test_ema_update_is_the_moving_average_and_copies_buffers():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    before = [p.clone() for p in ema.parameters()]
+    net[1].running_mean.fill_(0.25)
+    common.ema_update(ema, net, 0.9)
+    for e, b, p in zip(ema.parameters(), before, net.parameters()):
+        torch.testing.assert_close(e, 0.9 * b + 0.1 * p)
+    assert torch.equal(ema[1].running_mean, torch.full((2,), 0.25))
+
+
+def test_ema_is_saved_resumed_exactly_and_used_for_samples(tmp_path, capsys):
+    straight, split = tmp_path / "a", tmp_path / "b"
+    assert run_main("dcgan", TINY + ["--ema", "0.9", "--out", straight]) == 0
+    assert run_main("dcgan", TINY + ["--ema", "0.9", "--steps", "2", "--out", split]) == 0
+    assert run_main("dcgan", TINY + ["--resume", split, "--steps", "4"]) == 0
+    a, b = _nets(straight)["nets"], _nets(split)["nets"]
+    assert set(a) == {"G", "D", "G_ema"}
+    for k in a["G_ema"]:
+        assert torch.equal(a["G_ema"][k], b["G_ema"][k]), k  # the average survives resume bitwise
+    w = "net.0.weight"
+    assert not torch.equal(a["G_ema"][w], a["G"][w])  # a different network from G
+    ckpt, p = common.load_checkpoint(straight)
+    model = common.model_from_checkpoint(dcgan.DCGAN, ckpt, p, torch.device("cpu"))
+    assert model.generator_for_sampling() is model.G_ema
+    assert torch.equal(model.G_ema.state_dict()[w], a["G_ema"][w])
+
+
+def test_bad_ema_decay_is_one_line_exit_2(capsys):
+    assert run_main("dcgan", ["--ema", "1.5"]) == 2
+    assert "EMA decay" in one_error_line(capsys.readouterr().err)
+
+
+# ---- mixed precision ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_run_trains_and_keeps_finite_scalars(tmp_path, amp):
+    out = tmp_path / amp
+    assert run_main("dcgan", TINY + ["--amp", amp, "--out", out]) == 0
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 4 and all(torch.isfinite(torch.tensor(r["loss_d"])) for r in rows)
+    ckpt = _nets(out)
+    assert set(ckpt["scalers"]) == ({"G", "D"} if amp == "fp16" else set())
+    assert all(v.dtype == torch.float32 for v in ckpt["nets"]["G"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("module,make", [
+    (wgan_gp, lambda m, x, f: m.penalty(x, f)),
+    (dragan, lambda m, x, f: m.penalty(x)),
+])
+def test_gradient_penalty_is_fp32_under_autocast(module, make):
+    """Under --amp the gradient at x^ is taken through an fp32 pass of D: the penalty equals
+    the one computed without autocast, to fp32 rounding (a bf16 pass would be ~1e-2 off)."""
+    cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, common.GAN)
+               and v is not common.GAN)
+    torch.manual_seed(0)
+    model = cls(_args(module), (1, 16, 16), torch.device("cpu"))
+    x = torch.rand(8, 1, 16, 16) * 2 - 1
+    fake = (torch.rand(8, 1, 16, 16) * 2 - 1).bfloat16().float()  # what G gives under autocast
+    torch.manual_seed(1)
+    gp32, n32 = make(model, x, fake)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gp, n = make(model, x, fake.bfloat16())
+    assert gp.dtype == torch.float32
+    torch.testing.assert_close(gp, gp32, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(n, n32, rtol=1e-5, atol=1e-7)
+    # and the bf16 pass this guards against is measurably different
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xh = (x + torch.rand(8, 1, 1, 1) * (fake - x)).requires_grad_(True)
+        g, = torch.autograd.grad(model.D(xh).sum(), xh)
+    assert g.dtype == torch.float32 and not torch.allclose(g.flatten(1).norm(dim=1).mean(), n32, rtol=1e-4)
+
+
+# ---- channels_last and compile ------------------------------------------------------------
+
+def test_channels_last_changes_layout_not_results(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_main("dcgan", TINY + ["--channels-last", "off", "--out", a]) == 0
+    assert run_main("dcgan", TINY + ["--channels-last", "on", "--out", b]) == 0
+    ga, gb = _nets(a)["nets"]["G"], _nets(b)["nets"]["G"]
+    for k in ga:
+        torch.testing.assert_close(ga[k].contiguous(), gb[k].contiguous(), rtol=1e-4, atol=1e-5)
+    args = _args(dcgan, "--channels-last", "on")
+    model = common.prepare_model(dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu")), args, True)
+    conv = next(p for p in model.D.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+@pytest.mark.parametrize("module,d_compiled", [(dcgan, True), (wgan_gp, False), (dragan, False)])
+def test_compile_skips_a_critic_that_is_differentiated_twice(monkeypatch, module, d_compiled):
+    monkeypatch.setenv("GAN_COMPILE_BACKEND", "eager")  # no C++ toolchain needed
+    cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, common.GAN)
+               and v is not common.GAN)
+    args = _args(module, "--compile")
+    model = common.prepare_model(cls(args, (1, 16, 16), torch.device("cpu")), args, True)
+    assert model.G._compiled_call_impl is not None
+    assert (model.D._compiled_call_impl is not None) == d_compiled
+    assert not any("_orig_mod" in k for k in model.G.state_dict())  # checkpoints keep their keys
+
+
+def test_compiled_wgan_gp_trains(tmp_path):
+    out = tmp_path / "c"
+    env = dict(os.environ, GAN_COMPILE_BACKEND="eager")
+    r = subprocess.run([sys.executable, str(ROOT / "wgan_gp.py"), *TINY, "--n-critic", "1", "--compile",
+                        "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "gp" in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+# ---- several ranks ------------------------------------------------------------------------
+
+def _fake_ranks(monkeypatch, r, w):
+    monkeypatch.setattr(common, "rank", lambda: r)
+    monkeypatch.setattr(common, "world", lambda: w)
+
+
+def test_ranks_split_the_global_batch_and_the_noise(monkeypatch):
+    data = common.Images(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous())
+    one = common.Batches(data, 8, 3, torch.device("cpu"))
+    want = [one() for _ in range(7)]  # crosses an epoch (5 batches of 8)
+    halves = []
+    for r in (0, 1):
+        _fake_ranks(monkeypatch, r, 2)
+        b = common.Batches(data, 4, 3, torch.device("cpu"))
+        halves.append([b() for _ in range(7)])
+    for i in range(7):
+        assert torch.equal(torch.cat([halves[0][i], halves[1][i]]), want[i])
+    # noise: rank r's draw is its slice of the one-process draw
+    args = _args(dcgan)
+    _fake_ranks(monkeypatch, 0, 1)
+    torch.manual_seed(5)
+    model = dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu"))
+    torch.manual_seed(5)
+    z8 = model.sample_z(8)
+    parts = []
+    for r in (0, 1):
+        _fake_ranks(monkeypatch, r, 2)
+        torch.manual_seed(5)
+        parts.append(model.sample_z(4))
+    assert torch.equal(torch.cat(parts), z8)
+
+
+def test_resume_on_another_number_of_ranks_keeps_the_position(monkeypatch):
+    data = common.Images(torch.zeros(64, 1, 2, 2, dtype=torch.uint8))
+    _fake_ranks(monkeypatch, 0, 2)
+    b = common.Batches(data, 4, 0, torch.device("cpu"))
+    for _ in range(3):
+        b()
+    state = b.state()  # 3 global batches of 8 = 24 images into the epoch
+    _fake_ranks(monkeypatch, 0, 1)
+    assert common.Batches(data, 4, 0, torch.device("cpu"), state=state).pos == 6  # 6 batches of 4
+
+
+def _torchrun(script, nproc, *args, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(ROOT / script), *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_ranks_of_b_make_the_first_update_of_one_rank_of_2b(tmp_path):
+    """BEGAN has no BatchNorm: K ranks of batch B must make the update one process makes with
+    batch K·B (gradients averaged; the same data, z and k_t)."""
+    common_args = ["--steps", "2", "--width", "4", "--image-size", "16", "--log-every", "1",
+                   "--checkpoint-every", "1", "--no-progress", "--device", "cpu", "--lambda-k", "0.5"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = _torchrun("began.py", 1, *common_args, "--batch-size", "8", "--out", one)
+    assert r.returncode == 0, r.stderr
+    r = _torchrun("began.py", 2, *common_args, "--batch-size", "4", "--out", two)
+    assert r.returncode == 0, r.stderr
+    assert "2 ranks of batch 4 (global batch 8)" in r.stderr
+    a, b = _nets(one), _nets(two)
+    for net in ("G", "D"):
+        for k in a["nets"][net]:
+            torch.testing.assert_close(a["nets"][net][k], b["nets"][net][k], rtol=1e-4, atol=1e-6)
+    assert float(a["extra"]["k"]) > 0  # k_t moved, and identically
+    torch.testing.assert_close(a["extra"]["k"], b["extra"]["k"], rtol=1e-4, atol=1e-7)
+
+
+def test_torchrun_wgan_gp_trains_and_resumes_on_one_rank(tmp_path):
+    out = tmp_path / "run"
+    r = _torchrun("wgan_gp.py", 2, *TINY, "--n-critic", "2", "--device", "cpu", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "config.json").read_text())["ranks"] == 2
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4] and rows[-1]["images_per_s"] > 0
+    assert run_main("wgan_gp", TINY + ["--resume", out, "--steps", "6", "--device", "cpu"]) == 0
+    assert _nets(out)["step"] == 6
+
+
+def test_sync_bn_without_cuda_is_one_line_exit_2(tmp_path):
+    r = _torchrun("dcgan.py", 2, *TINY, "--sync-bn", "--device", "cpu", "--out", tmp_path / "s")
+    assert r.returncode != 0
+    assert "--sync-bn needs CUDA" in r.stderr
