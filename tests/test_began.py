@@ -49,7 +49,7 @@ def step(m, real, n=1):
 def test_losses_m_global_and_k_on_known_values(gamma, g_value, balance, k):
     """L(x) = mean|x − D(x)| = 0.5 for x = 0.5 with D reconstructing 0; L(G(z)) = |g|."""
     torch.manual_seed(0)
-    m = make("--gamma", str(gamma))
+    m = make("--gamma", str(gamma), "--lambda-k", "0.001")
     zero_reconstruction(m)
     constant_g(m, g_value)
     out = step(m, torch.full((4, 1, 16, 16), 0.5))
@@ -59,6 +59,19 @@ def test_losses_m_global_and_k_on_known_values(gamma, g_value, balance, k):
     assert out["balance"].item() == pytest.approx(balance)
     assert out["m_global"].item() == pytest.approx(0.5 + abs(balance))  # L(x) + |γ L(x) − L(G(z))|
     assert out["k_t"].item() == pytest.approx(k, abs=1e-9)  # k_1 = clip(0 + 0.001 · balance, 0, 1)
+
+
+def test_paper_values_on_a_folder_and_departures_on_the_digits():
+    p = began.build_parser()
+    folder = p.parse_args(["--path", "x"])
+    common.resolve_data_args(folder)
+    assert (folder.gamma, folder.lambda_k, folder.h_dim, folder.width, folder.batch_size) == (0.5, 0.001, None, 128, 16)
+    m = make("--dataset", "folder", "--path", "x")
+    assert m.D.encoder.fc.out_features == 64  # N_h = N_z = 64 (§4.1)
+    digits = p.parse_args([])
+    common.resolve_data_args(digits)
+    assert (digits.gamma, digits.lambda_k, digits.h_dim) == (1.0, 0.01, 16)
+    assert make("--gamma", "0.3").args.gamma == 0.3  # a flag beats both
 
 
 def test_d_loss_uses_k_and_separate_z():
