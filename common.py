@@ -1172,6 +1172,9 @@ def train(model_cls, args, explicit: set[str]) -> int:
     amp = torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16,
                          enabled=args.amp != "off")
 
+    if args.eval_every and args.dataset not in ("digits", "stacked-digits"):  # before the ranks part ways
+        raise UserError(f"--eval-every: quality metrics work on the digits and stacked-digits data sets only "
+                        f"(the judge is a digit classifier), not on {args.dataset}")
     run_dir = Path(args.out) if args.out else _new_run_dir(model.name)
     if not lead:
         return _follow(model, args, batches, amp, start)

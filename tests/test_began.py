@@ -157,7 +157,9 @@ def test_architecture(hw, smallest):
     assert sum(isinstance(l, nn.Upsample) and l.mode == "nearest" for l in m.G.net) == S - 1
     # G has the decoder's shape and weights of its own
     g, d = m.G.state_dict(), m.D.decoder.state_dict()
-    assert {k: v.shape for k, v in g.items()} == {k: v.shape for k, v in d.items()}
+    assert {k: v.shape for k, v in g.items() if k != "fc.weight"} == \
+        {k: v.shape for k, v in d.items() if k != "fc.weight"}
+    assert g["fc.weight"].shape[1] == m.args.z_dim and d["fc.weight"].shape[1] == (m.args.h_dim or m.args.z_dim)
     assert not torch.equal(g["fc.weight"], d["fc.weight"])
     x = torch.rand(2, 3, *hw)
     assert m.D(x).shape == x.shape and m.G(m.sample_z(2)).shape == x.shape
