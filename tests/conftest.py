@@ -50,6 +50,30 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
+class LinearCritic(torch.nn.Module):
+    """D(x) = <w, x>: its gradient is w at every point, for every sample."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, x):
+        return (x * self.w).flatten(1).sum(1)
+
+
+class HalfSquareCritic(torch.nn.Module):
+    """D(x) = ½‖x‖² per sample: its gradient at x is x itself, different per sample.
+    Remembers its inputs in `seen`."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return 0.5 * x.flatten(1).square().sum(1)
+
+
 @pytest.fixture
 def tiny():
     return list(TINY)

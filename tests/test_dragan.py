@@ -11,7 +11,7 @@ import torch
 import common
 import dragan
 import kernels
-from conftest import TINY, run_main, run_script
+from conftest import TINY, HalfSquareCritic, LinearCritic, run_main, run_script
 
 SHAPE = (1, 16, 16)
 
@@ -20,24 +20,6 @@ def model(*argv):
     args = dragan.build_parser().parse_args(["--width", "4", "--image-size", "16", *argv])
     common.resolve_data_args(args)
     return dragan.DRAGAN(args, SHAPE, torch.device("cpu"))
-
-
-class LinearCritic(torch.nn.Module):
-    """D(x) = <w, x>: the same gradient w at every x."""
-
-    def __init__(self, w):
-        super().__init__()
-        self.w = torch.nn.Parameter(w)
-
-    def forward(self, x):
-        return (x * self.w).flatten(1).sum(1)
-
-
-class HalfSquare(torch.nn.Module):
-    """D(x) = ½‖x‖²: the gradient at x is x itself, so it differs per sample."""
-
-    def forward(self, x):
-        return 0.5 * x.square().flatten(1).sum(1)
 
 
 def test_penalty_of_a_linear_critic_is_exact():
@@ -53,7 +35,7 @@ def test_penalty_of_a_linear_critic_is_exact():
 def test_penalty_norm_is_per_sample_over_all_axes():
     torch.manual_seed(0)
     m = model()
-    m.D = HalfSquare()
+    m.D = HalfSquareCritic()
     x_hat = torch.randn(4, 2, 4, 4) * torch.tensor([0.05, 0.2, 0.4, 1.0]).view(4, 1, 1, 1)
     norms = x_hat.flatten(1).norm(dim=1)  # (4,): ‖x̂_i‖ over (C, H, W)
     expected = (norms - 1).square().mean().item()

@@ -1,6 +1,5 @@
 """The shared speed and scale flags (--amp, --channels-last, --compile, --ema, torchrun):
 each must leave a model's equations alone."""
-import argparse
 import json
 import os
 import subprocess
@@ -12,7 +11,6 @@ import torch
 import common
 from conftest import ROOT, TINY, one_error_line, run_main
 
-import began
 import dcgan
 import dragan
 import wgan_gp

@@ -11,37 +11,13 @@ from PIL import Image
 import common
 import kernels
 import wgan_gp
-from conftest import TINY, run_main, run_script
+from conftest import TINY, HalfSquareCritic, LinearCritic, run_main, run_script
 
 
 def model(*argv, shape=(1, 16, 16)):
     args = wgan_gp.build_parser().parse_args(["--width", "4", "--image-size", "16", "--batch-size", "4", *argv])
     common.resolve_data_args(args)
     return wgan_gp.WGANGP(args, shape, torch.device("cpu"))
-
-
-class LinearCritic(torch.nn.Module):
-    """D(x) = <w, x>: its gradient is w at every point, for every sample."""
-
-    def __init__(self, w):
-        super().__init__()
-        self.w = torch.nn.Parameter(w)
-
-    def forward(self, x):
-        return (x * self.w).flatten(1).sum(1)
-
-
-class SquareCritic(torch.nn.Module):
-    """D(x) = ||x||^2 / 2 per sample: its gradient at x is x itself, different per sample.
-    Remembers its inputs."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def forward(self, x):
-        self.seen.append(x)
-        return 0.5 * x.flatten(1).square().sum(1)
 
 
 def test_penalty_of_a_linear_critic_is_known():
@@ -60,7 +36,7 @@ def test_penalty_norm_is_per_sample_over_all_axes():
     the penalty is mean_i (||x_i|| - 1)^2 with ||x_i|| over (C, H, W). A norm over one axis,
     or over the whole batch, gives another number."""
     m = model(shape=(3, 8, 16))
-    m.D = SquareCritic()
+    m.D = HalfSquareCritic()
     x = torch.randn(4, 3, 8, 16) * torch.tensor([0.01, 0.05, 0.1, 0.2]).view(4, 1, 1, 1)
     gp, norms = m.penalty(x, x.clone())
     n = x.flatten(1).norm(dim=1)  # (4,) about 0.2, 1.1, 2.2, 4.4
@@ -74,7 +50,7 @@ def test_penalty_norm_is_per_sample_over_all_axes():
 def test_eps_is_drawn_once_per_sample():
     """x = 0, x~ = 1: x^_i = eps_i everywhere in sample i, each eps_i in [0, 1], not all equal."""
     m = model(shape=(3, 16, 16))
-    m.D = SquareCritic()
+    m.D = HalfSquareCritic()
     gp, norms = m.penalty(torch.zeros(64, 3, 16, 16), torch.ones(64, 3, 16, 16))
     x_hat = m.D.seen[-1].detach().flatten(1)  # (64, 768)
     eps = x_hat[:, 0]
