@@ -66,7 +66,15 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         return h
 
 
+# Values such as "-1,1,0" (LSGAN's --abc) and "-0.5" are values, not flags.
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.,eE+-]*$")
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._negative_number_matcher = _NEGATIVE_VALUE
+
     def error(self, message):  # one line, exit 2 (argparse prints usage + message)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -189,6 +197,7 @@ RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "data_memory_gb", "path"
 def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
     """The destinations of the flags the user actually typed (not defaults)."""
     shadow = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    shadow._negative_number_matcher = _NEGATIVE_VALUE
     for action in parser._actions:
         if action.option_strings and not isinstance(action, argparse._HelpAction):
             kwargs = dict(dest=action.dest, default=argparse.SUPPRESS)

@@ -4,7 +4,7 @@ Networks" (arXiv:1611.04076), on the DCGAN networks, with the authors' code
 
     python lsgan.py                                   # built-in digits, 32x32, a few CPU minutes
     python lsgan.py --path data/lsun_church           # any folder of images, 64x64
-    python lsgan.py --abc=-1,1,0                      # the chi^2 setting (paper Eq. 8)
+    python lsgan.py --abc -1,1,0                      # the chi^2 setting (paper Eq. 8)
     python lsgan.py --resume runs/lsgan/<run> --steps 40000
     python lsgan.py --sample runs/lsgan/<run> --n 64 --out grid.png
 
@@ -54,7 +54,7 @@ def build_parser():
     g = p.add_argument_group("lsgan")
     g.add_argument("--abc", type=abc_labels, default=(0.0, 1.0, 1.0), metavar="A,B,C",
                    help="labels: a for fakes and b for reals in D's loss, c in G's loss (default 0,1,1, "
-                        "the paper's Eq. 9 used in its experiments; --abc=-1,1,0 is Eq. 8, minimising Pearson chi^2)")
+                        "the paper's Eq. 9 used in its experiments; --abc -1,1,0 is Eq. 8, minimising Pearson chi^2)")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (paper: 0.5)")
     g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (paper: Adam's default 0.999)")
     return p

@@ -91,7 +91,6 @@ def test_same_seed_same_weights(tmp_path):
 def test_resume_is_bitwise_equal(tmp_path):
     """--steps 2N in one go, and N steps then --resume to 2N, give the same weights,
     optimizer state and next batch position."""
-    base = [a for a in TINY if a not in ("4",)]
     common_args = ["--batch-size", "8", "--width", "4", "--image-size", "16", "--log-every", "3",
                    "--sample-every", "3", "--checkpoint-every", "3", "--no-progress"]
     assert run_main("dcgan", common_args + ["--steps", "6", "--out", tmp_path / "full"]) == 0

@@ -72,6 +72,8 @@ def test_defaults_are_the_papers():
 
 def test_abc_flag(capsys):
     assert lsgan.build_parser().parse_args(["--abc=-1,1,0"]).abc == (-1.0, 1.0, 0.0)
+    assert lsgan.build_parser().parse_args(["--abc", "-1,1,0"]).abc == (-1.0, 1.0, 0.0)  # with a space too
+    assert "abc" in common.explicit_flags(lsgan.build_parser(), ["--abc", "-1,1,0"])
     assert run_main("lsgan", ["--abc", "1,2"]) == 2
     assert "--abc" in one_error_line(capsys.readouterr().err)
 
