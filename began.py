@@ -33,7 +33,6 @@ Departures from the paper (and choices where it is silent), each named where the
 - A warning line goes to stderr when k_t sits at 0 or 1 for 1,000 steps in a row (once per
   such episode): D and G are out of balance.
 """
-import argparse
 import math
 import sys
 
@@ -64,13 +63,6 @@ SMALL = dict(width=16, steps=1500, g_lr=3e-4, d_lr=3e-4, lr_decay_every=0, gamma
 K_STUCK = 1000  # steps with k_t at 0 or 1 before the warning
 
 
-def steps_or_0(text):
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number of steps (0 or more)")
-    return v
-
-
 def build_parser():
     p = common.make_parser(__doc__, DEFAULTS, SMALL)
     g = p.add_argument_group("began")
@@ -80,14 +72,14 @@ def build_parser():
     g.add_argument("--lambda-k", type=float, default=None,
                    help=f"gain λ_k of the k_t control (default {DEFAULTS['lambda_k']}, the paper's; "
                         f"{SMALL['lambda_k']} on the built-in digits)")
-    g.add_argument("--lr-decay-every", type=steps_or_0, default=None,
+    g.add_argument("--lr-decay-every", type=common.non_negative_int, default=None,
                    help=f"halve both learning rates every this many steps; 0: never (default "
                         f"{DEFAULTS['lr_decay_every']}, carpedm20's; {SMALL['lr_decay_every']} on the built-in digits)")
-    g.add_argument("--h-dim", type=common._positive_int, default=None,
+    g.add_argument("--h-dim", type=common.positive_int, default=None,
                    help=f"D's bottleneck N_h (default: --z-dim, the paper's N_h = N_z; {SMALL['h_dim']} on the "
                         "built-in digits)")
     g.add_argument("--lr-min", type=float, default=2e-5, help="the halvings stop at this learning rate")
-    g.add_argument("--lr-stall-window", type=steps_or_0, default=0,
+    g.add_argument("--lr-stall-window", type=common.non_negative_int, default=0,
                    help="also halve when the mean M_global over this many steps is not 1%% below the "
                         "previous window's (the paper's rule); 0: off")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, carpedm20's)")

@@ -98,10 +98,19 @@ def size_str(hw) -> str:
     return str(h) if h == w else f"{h}x{w}"
 
 
-def _positive_int(text):
+def positive_int(text):
+    """An argparse type: 1, 2, 3, ..."""
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return v
+
+
+def non_negative_int(text):
+    """An argparse type: 0, 1, 2, ... (0 usually turns a feature off)."""
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a count (0 or more)")
     return v
 
 
@@ -145,11 +154,11 @@ def make_parser(doc: str, defaults: dict, small: dict | None = None) -> argparse
     g.add_argument("--data-memory-gb", type=float, default=None,
                    help="keep the decoded data set in memory when it takes at most this (default: half the RAM)")
     g = p.add_argument_group("model and optimisation (defaults are this model's paper values unless noted)")
-    g.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help=note("batch_size", "images per batch"))
-    g.add_argument("--steps", type=_positive_int, default=d["steps"],
+    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help=note("batch_size", "images per batch"))
+    g.add_argument("--steps", type=positive_int, default=d["steps"],
                    help=note("steps", "total generator updates of the run (a resumed run continues to this total)"))
-    g.add_argument("--z-dim", type=_positive_int, default=d["z_dim"], help=note("z_dim", "latent dimensions"))
-    g.add_argument("--width", type=_positive_int, default=d["width"], help=note("width", "base channel width of the networks"))
+    g.add_argument("--z-dim", type=positive_int, default=d["z_dim"], help=note("z_dim", "latent dimensions"))
+    g.add_argument("--width", type=positive_int, default=d["width"], help=note("width", "base channel width of the networks"))
     g.add_argument("--g-lr", type=float, default=d["g_lr"], help=note("g_lr", "generator learning rate"))
     g.add_argument("--d-lr", type=float, default=d["d_lr"], help=note("d_lr", "discriminator / critic learning rate"))
     g.add_argument("--seed", type=int, default=0, help="seed (same seed, same CPU run, same weights)")
@@ -160,9 +169,9 @@ def make_parser(doc: str, defaults: dict, small: dict | None = None) -> argparse
                    help="run directory (default runs/<model>/<timestamp>); with --sample, the output file")
     g.add_argument("--resume", type=str, default=None, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="continue a run from its checkpoint up to --steps in total")
-    g.add_argument("--log-every", type=_positive_int, default=50, help="steps between metrics lines")
-    g.add_argument("--sample-every", type=_positive_int, default=250, help="steps between sample grids")
-    g.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints")
+    g.add_argument("--log-every", type=positive_int, default=50, help="steps between metrics lines")
+    g.add_argument("--sample-every", type=positive_int, default=250, help="steps between sample grids")
+    g.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     g.add_argument("--eval-every", type=int, default=0,
                    help="steps between quality metrics (evaluate.py) in metrics.jsonl; 0: off; digits data sets only")
@@ -182,7 +191,7 @@ def make_parser(doc: str, defaults: dict, small: dict | None = None) -> argparse
     g = p.add_argument_group("sampling from a checkpoint")
     g.add_argument("--sample", type=str, default=None, metavar="CHECKPOINT",
                    help="write a grid of samples from a checkpoint (or run directory) and exit")
-    g.add_argument("--n", type=_positive_int, default=64, help="samples in the grid (walks with --interpolate)")
+    g.add_argument("--n", type=positive_int, default=64, help="samples in the grid (walks with --interpolate)")
     g.add_argument("--interpolate", action="store_true",
                    help="with --sample: write a GIF walking the latent space by spherical interpolation")
     return p

@@ -51,15 +51,15 @@ def build_parser():
     p.add_argument("--dataset", choices=metrics.DATASETS, default="stacked-digits", help="data for every run")
     p.add_argument("--image-size", type=common.image_size, default=(32, 32),
                    help="image size for every run (default: 32)")
-    p.add_argument("--steps", type=common._positive_int, default=2000, help="generator updates of every run")
-    p.add_argument("--seeds", type=common._positive_int, default=3, help="runs per model, seeds 1..SEEDS")
-    p.add_argument("--n", type=common._positive_int, default=None,
+    p.add_argument("--steps", type=common.positive_int, default=2000, help="generator updates of every run")
+    p.add_argument("--seeds", type=common.positive_int, default=3, help="runs per model, seeds 1..SEEDS")
+    p.add_argument("--n", type=common.positive_int, default=None,
                    help="samples per evaluation (default: 2,000 for digits, 26,000 for stacked-digits)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder of the runs and results (default runs/compare/<dataset>-<size>-<steps>)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="for training and evaluation")
-    p.add_argument("--gallery-n", type=common._positive_int, default=12, help="samples per gallery row")
+    p.add_argument("--gallery-n", type=common.positive_int, default=12, help="samples per gallery row")
     return p
 
 

@@ -123,7 +123,7 @@ def build_parser():
                    help="data set of the --real row (default: the first checkpoint's, else digits)")
     p.add_argument("--image-size", type=common.image_size, default=None,
                    help="image size of the --real row (default: the first checkpoint's, else 32)")
-    p.add_argument("--n", type=common._positive_int, default=None,
+    p.add_argument("--n", type=common.positive_int, default=None,
                    help="samples per checkpoint (default: 2,000 for digits, 26,000 for stacked-digits)")
     p.add_argument("--seed", type=int, default=0, help="seed of the z the samples are drawn from")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",

@@ -26,7 +26,6 @@ Departures from the paper, each named where the code has it:
   last clip).
 - Samples in grids use BatchNorm's running statistics (eval mode), as in dcgan.py.
 """
-import argparse
 
 import torch
 
@@ -45,21 +44,14 @@ DEFAULTS = dict(
 SMALL = dict(width=32, steps=1000, g_lr=2e-4, d_lr=2e-4, critic_warmup=0)  # the built-in digits (see the docstring)
 
 
-def _count(text):
-    v = int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a count (0 or more)")
-    return v
-
-
 def build_parser():
     p = common.make_parser(__doc__, DEFAULTS, SMALL)
     g = p.add_argument_group("wgan")
-    g.add_argument("--n-critic", type=common._positive_int, default=5,
+    g.add_argument("--n-critic", type=common.positive_int, default=5,
                    help="critic updates per generator update (paper: n_critic = 5)")
     g.add_argument("--clip", type=float, default=0.01,
                    help="every critic parameter is clipped to [-clip, clip] (paper: c = 0.01)")
-    g.add_argument("--critic-warmup", type=_count, default=None, metavar="N",
+    g.add_argument("--critic-warmup", type=common.non_negative_int, default=None, metavar="N",
                    help="critic updates for the first 25 generator updates and every 500th; 0: n_critic "
                         "throughout (default 100, the authors' code; 0 on the built-in digits data)")
     return p

@@ -59,7 +59,7 @@ def build_parser():
     g.add_argument("--critic-norm", choices=("layer", "none"), default="layer",
                    help="normalisation in the critic (paper: layer normalisation; never BatchNorm)")
     g.add_argument("--gp-lambda", type=float, default=10.0, help="gradient penalty weight (paper: lambda = 10)")
-    g.add_argument("--n-critic", type=common._positive_int, default=5,
+    g.add_argument("--n-critic", type=common.positive_int, default=5,
                    help="critic updates per generator update (paper: n_critic = 5)")
     g.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (paper: 0)")
     g.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (paper: 0.9)")
