@@ -39,6 +39,23 @@ def test_ema_update_is_the_moving_average_and_copies_buffers():
     assert torch.equal(ema[1].running_mean, torch.full((2,), 0.25))
 
 
+def test_ema_decay_ramps_up_in_the_loop():
+    """Step t uses min(beta, (1 + t)/(10 + t)): the first update keeps 10 % of the initial G."""
+    args = _args(dcgan, "--ema", "0.999")
+    torch.manual_seed(0)
+    model = common.prepare_model(dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu")), args, True)
+    g0 = [p.detach().clone() for p in model.G.parameters()]
+    real = lambda: torch.rand(8, 1, 16, 16) * 2 - 1  # noqa: E731
+    bad = torch.tensor(-1)
+    common._one_step(model, args, real, torch.autocast("cpu", enabled=False), 0, bad)
+    for e, p0, p1 in zip(model.G_ema.parameters(), g0, model.G.parameters()):
+        torch.testing.assert_close(e, 0.1 * p0 + 0.9 * p1.detach())
+    before = [p.detach().clone() for p in model.G_ema.parameters()]
+    common._one_step(model, args, real, torch.autocast("cpu", enabled=False), 1, bad)  # t = 1: 2/11
+    for e, b, p in zip(model.G_ema.parameters(), before, model.G.parameters()):
+        torch.testing.assert_close(e, 2 / 11 * b + 9 / 11 * p.detach())
+
+
 def test_ema_is_saved_resumed_exactly_and_used_for_samples(tmp_path, capsys):
     straight, split = tmp_path / "a", tmp_path / "b"
     assert run_main("dcgan", TINY + ["--ema", "0.9", "--out", straight]) == 0
