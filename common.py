@@ -9,6 +9,8 @@ This module owns what is the same for all seven, each piece written once:
     networks          DCGANGenerator, DCGANDiscriminator, dcgan_init
     training loop     train()                progress bar, metrics, grids, checkpoints,
                                              resume, Ctrl-C, divergence detection
+    speed and scale   GAN.update(), prepare_model()  --amp, --channels-last, --compile,
+                                             --ema; torchrun ranks (gradients averaged)
     sampling          sample(), interpolate()  grids and latent walks from a checkpoint
     entry point       main()                 bad input -> one line on stderr, exit 2
 
@@ -18,6 +20,7 @@ scalars and images (here) -> run directory. A model file never writes files itse
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import gzip
 import json
@@ -720,10 +723,6 @@ def dcgan_init(module: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# The model interface
-# --------------------------------------------------------------------------------------
-
-# --------------------------------------------------------------------------------------
 # Several processes (torchrun): one process per device, gradients averaged
 # --------------------------------------------------------------------------------------
 
@@ -897,7 +896,6 @@ def prepare_model(model: GAN, args, for_training: bool) -> GAN:
         model.G = nn.SyncBatchNorm.convert_sync_batchnorm(model.G)
         model.D = nn.SyncBatchNorm.convert_sync_batchnorm(model.D)
     if getattr(args, "ema", 0):
-        import copy
         model.G_ema = copy.deepcopy(model.G).requires_grad_(False)
     if channels_last(args, device):
         for m in model.modules().values():
