@@ -60,11 +60,16 @@ DEFAULTS = dict(
 # (seed 0, 1,000 steps). A 16-dim bottleneck, γ = 1 and λ_k = 0.01 keep k_t off 0 and draw
 # digits in 1,000 steps (tuned on seed 0 by the training signal and the grids).
 SMALL = dict(width=16, steps=1500, g_lr=3e-4, d_lr=3e-4, lr_decay_every=0, gamma=1.0, lambda_k=0.01, h_dim=16)
+SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
+    "steps": "carpedm20's",
+    "batch_size": "carpedm20's",
+    "lr_decay_every": "carpedm20's",
+}
 K_STUCK = 1000  # steps with k_t at 0 or 1 before the warning
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
     g = p.add_argument_group("began")
     g.add_argument("--gamma", type=float, default=None,
                    help="diversity ratio γ = E[L(G(z))] / E[L(x)]; higher: more diversity, less sharpness "

@@ -127,21 +127,27 @@ def _ema_beta(text):
     return v
 
 
-def make_parser(doc: str, defaults: dict, small: dict | None = None) -> argparse.ArgumentParser:
+def make_parser(doc: str, defaults: dict, small: dict | None = None,
+                sources: dict | None = None) -> argparse.ArgumentParser:
     """The shared flags. A model passes its paper's defaults (batch_size, steps, z_dim,
     width, g_lr, d_lr) and adds its own flags afterwards. `small` holds the departures used
     on the built-in data sets (digits, stacked-digits), so that a default run there takes
-    minutes on a CPU; resolve_data_args() applies them when the user gave no value."""
+    minutes on a CPU; resolve_data_args() applies them when the user gave no value (a model
+    flag of its own joins in with default=None and an entry in both dicts). `sources` names
+    where a default comes from when it is not the paper (e.g. {"steps": "not in the paper"})."""
     small = small or {}
     p = _Parser(description=doc.strip().split("\n\n")[0], formatter_class=_Help,
                 epilog="Every default is the paper's unless its help says otherwise.")
     p.set_defaults(_small=small, _paper={k: defaults[k] for k in small})
     d = {k: (None if k in small else v) for k, v in defaults.items()}
 
-    def note(k, text):
+    sources = sources or {}
+
+    def note(k, text):  # where the default comes from: the paper unless `sources` names another
+        src = sources.get(k, "the paper's")
         if k in small:
-            return f"{text} (default {defaults[k]}, the paper's; {small[k]} on the built-in digits data)"
-        return f"{text} (default {defaults[k]})"
+            return f"{text} (default {defaults[k]}, {src}; {small[k]} on the built-in digits data)"
+        return f"{text} (default {defaults[k]}, {src})"
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=None,

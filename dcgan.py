@@ -31,10 +31,14 @@ DEFAULTS = dict(
     d_lr=2e-4,
 )
 SMALL = dict(width=32, steps=2000)  # the built-in digits (see the docstring)
+SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
+    "steps": "not in the paper",
+    "width": "the authors' code",
+}
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
     g = p.add_argument_group("dcgan")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (paper: 0.5; 0.9 'resulted in training oscillation')")
     g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (paper: Adam's default)")

@@ -42,6 +42,14 @@ DEFAULTS = dict(
     d_lr=1e-4,
 )
 SMALL = dict(width=32, steps=1200)  # the built-in digits (see the docstring)
+SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
+    "steps": "not in the paper",
+    "batch_size": "the authors' code",
+    "z_dim": "the authors' code",
+    "width": "DCGAN's",
+    "g_lr": "the authors' code",
+    "d_lr": "the authors' code",
+}
 
 
 def nonnegative(text):
@@ -52,7 +60,7 @@ def nonnegative(text):
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
     g = p.add_argument_group("dragan")
     g.add_argument("--lambda-gp", type=nonnegative, default=10.0,
                    help="weight λ of the gradient penalty (paper: λ ≈ 10; the authors' code: 10)")

@@ -46,6 +46,11 @@ DEFAULTS = dict(
     d_lr=1e-3,
 )
 SMALL = dict(width=32, batch_size=64, steps=2000)  # the built-in digits (see the docstring)
+SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
+    "steps": "not in the paper",
+    "batch_size": "DCGAN's",
+    "z_dim": "DCGAN's",
+}
 # The paper's margins as the per-value RMS reconstruction error they allow: m = 10 on 28x28
 # MNIST (§4.1), m = 20 on 64x64x3 CelebA (appendix), both L2 norms (Eq. 13).
 MARGIN_RMS = {"mnist": 10 / math.sqrt(28 * 28), "celeba": 20 / math.sqrt(3 * 64 * 64)}
@@ -53,7 +58,7 @@ MNIST_LIKE = ("digits", "stacked-digits", "mnist")
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
     g = p.add_argument_group("ebgan")
     g.add_argument("--energy", choices=("l2", "mse"), default="l2",
                    help="D(x): 'l2' the norm ||Dec(Enc(x)) - x|| of the paper's Eq. 13 (default), or 'mse' the "

@@ -38,6 +38,13 @@ DEFAULTS = dict(
     d_lr=2e-4,        # their LSUN scenes use 0.001)
 )
 SMALL = dict(width=32, steps=2500, g_lr=1e-3, d_lr=1e-3)  # the built-in digits (see the docstring)
+SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
+    "steps": "not in the paper",
+    "batch_size": "the authors' code",
+    "width": "DCGAN's",
+    "g_lr": "the authors' code",
+    "d_lr": "the authors' code",
+}
 
 
 def abc_labels(text):
@@ -50,7 +57,7 @@ def abc_labels(text):
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
     g = p.add_argument_group("lsgan")
     g.add_argument("--abc", type=abc_labels, default=(0.0, 1.0, 1.0), metavar="A,B,C",
                    help="labels: a for fakes and b for reals in D's loss, c in G's loss (default 0,1,1, "

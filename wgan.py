@@ -42,10 +42,15 @@ DEFAULTS = dict(
     critic_warmup=100,  # the authors' code: Diters = 100 for the first 25 generator iterations and every 500th
 )
 SMALL = dict(width=32, steps=1000, g_lr=2e-4, d_lr=2e-4, critic_warmup=0)  # the built-in digits (see the docstring)
+SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
+    "steps": "not in the paper",
+    "z_dim": "the authors' code",
+    "width": "the authors' code",
+}
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
     g = p.add_argument_group("wgan")
     g.add_argument("--n-critic", type=common.positive_int, default=5,
                    help="critic updates per generator update (paper: n_critic = 5)")

@@ -49,10 +49,15 @@ DEFAULTS = dict(
     d_lr=1e-4,
 )
 SMALL = dict(width=32, steps=600)  # the built-in digits (see the docstring)
+SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
+    "steps": "the authors' code",
+    "z_dim": "the authors' code",
+    "width": "the authors' code",
+}
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL)
+    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
     g = p.add_argument_group("wgan-gp")
     g.add_argument("--arch", choices=("dcgan", "resnet"), default="dcgan",
                    help="networks: the DCGAN stack, or the paper's ResNet (appendix; the authors' gan_64x64.py)")
