@@ -1311,7 +1311,7 @@ def train(model_cls, args, explicit: set[str]) -> int:
             if writer:
                 writer.close()
     bar.close()
-    if stop.hit and step < args.steps:
+    if (stop.hit or stop_all) and step < args.steps:
         if checkpoint(step):
             print(f"interrupted at step {step}; saved {ckpt_path}. Continue with --resume {run_dir} "
                   f"--steps {args.steps}", file=sys.stderr)
