@@ -237,7 +237,7 @@ class BEGAN(common.GAN):
         self.k_stuck = torch.where((self.k == 0) | (self.k == 1), self.k_stuck + 1, torch.zeros_like(self.k_stuck))
         if step % a.log_every == 0:
             stuck = int(self.k_stuck)
-            if stuck >= K_STUCK and not self.warned:
+            if stuck >= K_STUCK and not self.warned and common.rank() == 0:
                 print(f"began: k_t has sat at {float(self.k):g} for {stuck} steps (step {step}): D and G are out "
                       "of balance; a lower learning rate or another --gamma may help", file=sys.stderr)
             self.warned = stuck >= K_STUCK

@@ -587,7 +587,7 @@ class Batches:
         self.rank, self.world = rank(), world()
         self.epoch, self.pos = (state["epoch"], state["pos"]) if state else (0, 0)
         if state and state.get("global_batch", batch_size) != batch_size * self.world:  # resumed on another K
-            self.pos = self.pos * state["global_batch"] // (batch_size * self.world)
+            self.pos = self.pos * state.get("global_batch", batch_size) // (batch_size * self.world)
         self.channels_last = channels_last
         self.images, self.skipped = 0, getattr(data, "skipped", 0)
         self.per_epoch = len(data) // (batch_size * self.world)
@@ -780,6 +780,15 @@ def all_reduce_grads(params) -> None:
 def full_precision(device: torch.device):
     """A region where autocast is off: ops run in the dtype of their inputs (fp32)."""
     return torch.autocast(device.type, enabled=False)
+
+
+def autocast(args, device: torch.device):
+    """The region train_step runs in: --amp's autocast, or a no-op for --amp off. Its weight
+    cache is off: autocast keeps the half-precision copy of a parameter until the outermost
+    region ends, and a train_step steps D (n_critic times for WGAN) before it uses D again,
+    so a cached copy would run the second forward pass on the weights before the update."""
+    return torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16,
+                          enabled=args.amp != "off", cache_enabled=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -998,8 +1007,10 @@ def save_checkpoint(path: Path, model: GAN, step: int, batches: Batches, fixed_z
         "scalers": {k: sc.state_dict() for k, sc in model.scalers.items()},  # --amp fp16
         "data": batches.state(),
         "fixed_z": fixed_z.cpu(),
+        # the CUDA state of this process's own GPU: under torchrun every rank runs the same
+        # stream on its own device (cuda:local_rank), and each restores it there on resume
         "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "cuda": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None},
     }
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -1186,13 +1197,15 @@ def train(model_cls, args, explicit: set[str]) -> int:
         start = int(ckpt["step"])
         fixed_z = ckpt["fixed_z"]
         torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        cuda_rng = ckpt["rng"]["cuda"]
+        if isinstance(cuda_rng, list):  # older checkpoints: every GPU's state; the run's own was cuda:0
+            cuda_rng = cuda_rng[0] if cuda_rng else None
+        if device.type == "cuda" and cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng, device)
     fixed_z = fixed_z.to(device)
     batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None,
                       channels_last=channels_last(args, device))
-    amp = torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16,
-                         enabled=args.amp != "off")
+    amp = autocast(args, device)
 
     if args.eval_every and args.dataset not in ("digits", "stacked-digits"):  # before the ranks part ways
         raise UserError(f"--eval-every: quality metrics work on the digits and stacked-digits data sets only "
@@ -1261,10 +1274,12 @@ def train(model_cls, args, explicit: set[str]) -> int:
                     acc[k] = acc[k] + v if k in acc else v
                 n_acc += 1
                 bar.update(1)
-                if step % args.log_every == 0 or step == args.steps:
+                log_now, save_now = _sync_points(args, step)
+                if log_now or save_now:
                     bad_step, stop_all = _agree(bad_step, stop.hit)
                     if int(bad_step) >= 0:
                         raise Diverged(diverged_message(step))
+                if log_now:
                     dt = time.perf_counter() - t0
                     row = {"step": step}
                     row.update({k: round(float(v) / n_acc, 6) for k, v in acc.items()})
@@ -1299,7 +1314,7 @@ def train(model_cls, args, explicit: set[str]) -> int:
                                 writer.add_scalar(f"eval/{k}", v, step)
                     if log:
                         log(json.dumps(row))
-                if step % args.checkpoint_every == 0 or step == args.steps:
+                if save_now:
                     if not checkpoint(step):
                         raise Diverged(diverged_message(step))
                 if stop.hit if world() == 1 else stop_all:
@@ -1341,9 +1356,16 @@ def _one_step(model: GAN, args, batches: Batches, amp, step: int, bad_step: torc
     return scalars, vals, bad_step
 
 
+def _sync_points(args, step: int) -> tuple[bool, bool]:
+    """(log now, checkpoint now) after generator update number `step`."""
+    last = step == args.steps
+    return step % args.log_every == 0 or last, step % args.checkpoint_every == 0 or last
+
+
 def _agree(bad_step: torch.Tensor, stop_hit: bool):
-    """Under torchrun the ranks agree, at each log step, on divergence and on a stop request
-    (the latest of them), so that all stop at the same step."""
+    """Under torchrun the ranks agree, at each log and checkpoint step, on divergence and on a
+    stop request (the latest of them), so that all stop at the same step: rank 0 refuses to
+    save a diverged model, and the others must know it at the same step."""
     if world() == 1:
         return bad_step, stop_hit
     t = torch.stack([bad_step, torch.tensor(int(stop_hit), device=bad_step.device)])
@@ -1359,13 +1381,14 @@ def _follow(model: GAN, args, batches: Batches, amp, start: int) -> int:
         while step < args.steps:
             _, _, bad_step = _one_step(model, args, batches, amp, step, bad_step)
             step += 1
-            if step % args.log_every == 0 or step == args.steps:
+            log_now, save_now = _sync_points(args, step)
+            if log_now or save_now:
                 bad_step, stop_all = _agree(bad_step, stop.hit)
                 if int(bad_step) >= 0:
                     return 1  # rank 0 says where and why
                 if stop_all:
                     break
-            if (step % args.checkpoint_every == 0 or step == args.steps) and not _finite(model):
+            if save_now and not _finite(model):
                 return 1
     return 0
 

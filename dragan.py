@@ -96,7 +96,10 @@ class DRAGAN(common.GAN):
             return x + math.sqrt(self.args.perturb_c) * self.randn(*x.shape)
         # The authors' code: x_p = x + 0.5·std(x)·U[0, 1) per element (std over the batch,
         # numpy's ddof=0), x̂ = x + α·(x_p − x) with α ~ U[0, 1] per sample; no clamping.
-        delta = 0.5 * x.std(correction=0) * self.rand(*x.shape)         # (B, C, H, W)
+        # Under torchrun the std is the global batch's, from the ranks' mean moments.
+        mean, sq = self.all_mean(torch.stack([x.mean(), x.square().mean()]))
+        std = (sq - mean * mean).clamp(min=0).sqrt()                     # std(x), ddof=0
+        delta = 0.5 * std * self.rand(*x.shape)                          # (B, C, H, W)
         alpha = self.rand(len(x), *[1] * (x.dim() - 1))                 # (B, 1, 1, 1)
         return x + alpha * delta
 

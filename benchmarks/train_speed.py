@@ -62,8 +62,7 @@ def build(name, flags, size, batch, device):
     model = common.prepare_model(model_class(mod)(args, (3, size, size), device), args, for_training=True)
     data = common.Images(torch.randint(0, 256, (max(1024, 4 * args.batch_size), 3, size, size), dtype=torch.uint8))
     batches = common.Batches(data, args.batch_size, 0, device, channels_last=common.channels_last(args, device))
-    amp = torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16,
-                         enabled=args.amp != "off")
+    amp = common.autocast(args, device)
     return args, model, batches, amp
 
 

@@ -91,6 +91,27 @@ def test_amp_run_trains_and_keeps_finite_scalars(tmp_path, amp):
     assert all(v.dtype == torch.float32 for v in ckpt["nets"]["G"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_a_forward_after_an_update_under_amp_uses_the_new_weights(amp):
+    """Inside one train_step D is stepped and then used again (G's loss; WGAN's next critic
+    iteration). Autocast's weight cache would hand the second pass the pre-update copy."""
+    cpu = torch.device("cpu")
+    args = _args(dcgan, "--amp", amp)
+    torch.manual_seed(0)
+    model = dcgan.DCGAN(args, (1, 16, 16), cpu)
+    for group in model.opt_d.param_groups:
+        group["lr"] = 1e-2
+    x = torch.rand(8, 1, 16, 16) * 2 - 1
+    with common.autocast(args, cpu):
+        before = model.D(x).float()
+        model.update(model.opt_d, before.mean())
+        after = model.D(x).float()
+    with common.autocast(args, cpu):
+        fresh = model.D(x).float()  # a new region: no cache either way
+    assert (after - before).abs().max() > 1e-2
+    torch.testing.assert_close(after, fresh, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("module,make", [
     (wgan_gp, lambda m, x, f: m.penalty(x, f)),
     (dragan, lambda m, x, f: m.penalty(x)),
