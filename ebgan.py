@@ -143,7 +143,7 @@ class EBGAN(common.GAN):
         # L_G(z) = D(G(z)) + λ_PT·f_PT(S)   (Eq. 2 and §2.4; the pull-away term in G's loss only)
         # f_PT(S) = 1/(N(N−1)) Σ_i Σ_{j≠i} (S_iᵀS_j / (‖S_i‖‖S_j‖))²   (Eq. 14), S the codes of G(z)
         e_gen, s = self.energy(fake)                 # (B,), (B, 4w, h, w)
-        pt = kernels.pullaway(s)
+        pt = kernels.pullaway(s)                      # under torchrun: over this rank's B codes (N = B)
         loss_g = e_gen.mean() + self.args.pt_weight * pt
         self.update(self.opt_g, loss_g)
 
