@@ -782,6 +782,16 @@ def full_precision(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+def cpu_has_native(dtype_name: str) -> bool:
+    """Whether oneDNN runs bf16/fp16 natively on this CPU (AVX512-BF16, AMX, AVX512-FP16);
+    without it, CPU autocast emulates the half type and is much slower than fp32."""
+    check = getattr(torch.ops.mkldnn, f"_is_mkldnn_{dtype_name}_supported", None)
+    try:
+        return bool(check()) if check else False
+    except RuntimeError:
+        return False
+
+
 def autocast(args, device: torch.device):
     """The region train_step runs in: --amp's autocast, or a no-op for --amp off. Its weight
     cache is off: autocast keeps the half-precision copy of a parameter until the outermost
@@ -1179,6 +1189,10 @@ def train(model_cls, args, explicit: set[str]) -> int:
     lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
     if args.amp != "off" and device.type == "mps":
         raise UserError("--amp: autocast on Apple GPUs is not supported here (use --amp off)")
+    if args.amp != "off" and device.type == "cpu" and lead and not cpu_has_native(args.amp):
+        print(f"warning: --amp {args.amp}: this CPU has no native {args.amp} arithmetic, so autocast emulates it "
+              "and trains far slower than fp32 (DCGAN 25x slower on an AVX2 processor; benchmarks/train_speed.py)",
+              file=sys.stderr)
     torch.manual_seed(args.seed)  # the same on every rank: the ranks draw one global stream
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -91,6 +91,14 @@ def test_amp_run_trains_and_keeps_finite_scalars(tmp_path, amp):
     assert all(v.dtype == torch.float32 for v in ckpt["nets"]["G"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_amp_on_a_cpu_without_native_half_warns(tmp_path, capsys, monkeypatch, native):
+    monkeypatch.setattr(common, "cpu_has_native", lambda name: native)
+    assert run_main("dcgan", TINY + ["--amp", "bf16", "--steps", "1", "--out", tmp_path / "r"]) == 0
+    warned = "warning: --amp bf16: this CPU has no native bf16" in capsys.readouterr().err
+    assert warned != native
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_a_forward_after_an_update_under_amp_uses_the_new_weights(amp):
     """Inside one train_step D is stepped and then used again (G's loss; WGAN's next critic
