@@ -17,6 +17,7 @@ after warm-up steps (and compilation) that are not timed. The settings:
     reference         DCGAN only: the same networks stepped by a bare eager fp32 loop written
                       as pytorch/examples/dcgan writes it (.item() on the losses every step)
 
+Steps are timed in each script's steady state (past WGAN's critic warm-up).
 images/s counts real images per generator update (WGAN and WGAN-GP draw n_critic batches per
 update; their figure counts all of them). Peak memory is CUDA's max_memory_allocated; on
 the CPU it is not measured.
@@ -71,16 +72,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# The steps are numbered from here: past WGAN's critic warm-up (100 critic updates for each of
+# the first 25 generator updates), so that every script is timed in its steady state.
+STEP0 = 26
+
+
 def time_loop(name, flags, size, batch, device, warmup, steps):
     args, model, batches, amp = build(name, flags, size, batch, device)
     bad = torch.full((), -1, dtype=torch.long, device=device)
-    for i in range(warmup):
+    for i in range(STEP0, STEP0 + warmup):
         _, _, bad = common._one_step(model, args, batches, amp, i, bad)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     n0, t = batches.images, time.perf_counter()
-    for i in range(warmup, warmup + steps):
+    for i in range(STEP0 + warmup, STEP0 + warmup + steps):
         _, _, bad = common._one_step(model, args, batches, amp, i, bad)
     sync(device)
     dt = time.perf_counter() - t
