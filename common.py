@@ -1191,7 +1191,7 @@ def train(model_cls, args, explicit: set[str]) -> int:
         raise UserError("--amp: autocast on Apple GPUs is not supported here (use --amp off)")
     if args.amp != "off" and device.type == "cpu" and lead and not cpu_has_native(args.amp):
         print(f"warning: --amp {args.amp}: this CPU has no native {args.amp} arithmetic, so autocast emulates it "
-              "and trains far slower than fp32 (DCGAN 25x slower on an AVX2 processor; benchmarks/train_speed.py)",
+              "and trains far slower than fp32 (DCGAN about 20x slower on an AVX2 processor; benchmarks/train_speed.py)",
               file=sys.stderr)
     torch.manual_seed(args.seed)  # the same on every rank: the ranks draw one global stream
     if device.type == "cuda":
