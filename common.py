@@ -586,8 +586,9 @@ class Batches:
         # takes the r-th B: K ranks of batch B see what one process of batch K·B sees.
         self.rank, self.world = rank(), world()
         self.epoch, self.pos = (state["epoch"], state["pos"]) if state else (0, 0)
-        if state and state.get("global_batch", batch_size) != batch_size * self.world:  # resumed on another K
-            self.pos = self.pos * state.get("global_batch", batch_size) // (batch_size * self.world)
+        saved_batch = state.get("global_batch", batch_size) if state else batch_size * self.world
+        if saved_batch != batch_size * self.world:  # resumed on another number of ranks K
+            self.pos = self.pos * saved_batch // (batch_size * self.world)
         self.channels_last = channels_last
         self.images, self.skipped = 0, getattr(data, "skipped", 0)
         self.per_epoch = len(data) // (batch_size * self.world)
