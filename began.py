@@ -29,69 +29,47 @@ Departures from the paper (and choices where it is silent), each named where the
 - On the built-in digits: n = 16 (paper 128), 3,000 steps at a constant learning rate
   of 3e-4 (the paper's 8e-5 is too slow to draw digits in minutes), and D's bottleneck
   N_h = 16, γ = 1, λ_k = 0.01: with the paper's N_h = 64, γ = 0.5, λ_k = 0.001 k_t sits at 0
-  and G collapses to one blob on these 8x8-sourced images (see SMALL below).
+  and G collapses to one blob on these 8x8-sourced images (README: "BEGAN on the digits").
 - A warning line goes to stderr when k_t sits at 0 or 1 for 1,000 steps in a row (once per
   such episode): D and G are out of balance.
 """
 import math
-import sys
 
 import torch
 import torch.nn as nn
 
 import common
 
-# ---- defaults: the paper's (§3, §4.1), the issue's learning rate, carpedm20's steps -------
-DEFAULTS = dict(
-    batch_size=16,    # carpedm20: batch_size 16
-    steps=500_000,    # not in the paper; carpedm20: max_step 500000
-    z_dim=64,         # §4.1: N_z = N_h = 64 "in most of our experiments"
-    width=128,        # n (§3.5, Fig. 1); carpedm20: conv_hidden_num 128
-    g_lr=8e-5,        # §4.1: an initial rate in [5e-5, 1e-4]
-    d_lr=8e-5,
-    lr_decay_every=100_000,  # carpedm20: lr_update_step 100000
-    gamma=0.5,        # §4.1 / Fig. 2: γ = 0.5 for most figures
-    lambda_k=0.001,   # §3.4: λ_k = 0.001
-    h_dim=None,       # §4.1: N_h = N_z (None: --z-dim)
+# ---- hyperparameters: the paper's (§3, §4.1) unless noted; carpedm20's where it is silent ---
+# The built-in digits (8x8 images scaled to 32x32) depart as the docstring says: with the
+# paper's N_h, γ and λ_k, k_t sits at 0 and G collapses to one blob (the README has the runs).
+Hyper = common.Hyper
+HYPERPARAMETERS = dict(
+    batch_size=Hyper(16, source="carpedm20's"),  # batch_size 16
+    steps=Hyper(500_000, small=3000, source="carpedm20's"),  # not in the paper; max_step 500000
+    z_dim=Hyper(64),  # §4.1: N_z = N_h = 64 "in most of our experiments"
+    width=Hyper(128, small=16),  # n (§3.5, Fig. 1); carpedm20: conv_hidden_num 128
+    g_lr=Hyper(8e-5, small=3e-4),  # §4.1: an initial rate in [5e-5, 1e-4]
+    d_lr=Hyper(8e-5, small=3e-4),
+    gamma=Hyper(0.5, "diversity ratio γ = E[L(G(z))] / E[L(x)]; higher: more diversity, less sharpness",
+                small=1.0),  # §4.1 / Fig. 2: γ = 0.5 for most figures
+    lambda_k=Hyper(0.001, "gain λ_k of the k_t control", small=0.01),  # §3.4: λ_k = 0.001
+    lr_decay_every=Hyper(100_000, "halve both learning rates every this many steps; 0: never", small=0,
+                         source="carpedm20's", type=common.non_negative_int),  # lr_update_step 100000
+    h_dim=Hyper(None, "D's bottleneck N_h (default: --z-dim, the paper's N_h = N_z)", small=16,
+                type=common.positive_int),  # §4.1
+    lr_min=Hyper(2e-5, "the halvings stop at this learning rate", source="carpedm20's"),  # lr_lower_boundary
+    lr_stall_window=Hyper(0, "also halve when the mean M_global over this many steps is not 1% below the "
+                          "previous window's (the paper's rule); 0: off",
+                          source="carpedm20's, whose code has the rule commented out", type=common.non_negative_int),
+    beta1=Hyper(0.5, "Adam beta1", source="carpedm20's"),  # the paper does not give it
+    beta2=Hyper(0.999, "Adam beta2", source="Adam's default"),
 )
-# The built-in digits (8x8 images scaled to 32x32: about 64 degrees of freedom). With the
-# paper's N_h = 64, γ = 0.5 and λ_k = 0.001, D reconstructs G's first blur about as well as
-# real digits, γ·L(x) − L(G(z)) stays negative, k_t sits at 0 and G collapses to one grey blob
-# (seed 0, 1,000 steps). A 16-dim bottleneck, γ = 1 and λ_k = 0.01 keep k_t off 0 and draw
-# digits in 1,000 steps (tuned on seed 0 by the training signal and the grids). At 1,500 steps
-# k_t was still climbing (0.18, balance +0.005) and the grid held blobs among the digits; by
-# 3,000 the control has settled (k_t 0.22, balance +0.0004) and the digits are clear.
-SMALL = dict(width=16, steps=3000, g_lr=3e-4, d_lr=3e-4, lr_decay_every=0, gamma=1.0, lambda_k=0.01, h_dim=16)
-SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
-    "steps": "carpedm20's",
-    "batch_size": "carpedm20's",
-    "lr_decay_every": "carpedm20's",
-}
 K_STUCK = 1000  # steps with k_t at 0 or 1 before the warning
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
-    g = p.add_argument_group("began")
-    g.add_argument("--gamma", type=float, default=None,
-                   help="diversity ratio γ = E[L(G(z))] / E[L(x)]; higher: more diversity, less sharpness "
-                        f"(default {DEFAULTS['gamma']}, the paper's; {SMALL['gamma']} on the built-in digits)")
-    g.add_argument("--lambda-k", type=float, default=None,
-                   help=f"gain λ_k of the k_t control (default {DEFAULTS['lambda_k']}, the paper's; "
-                        f"{SMALL['lambda_k']} on the built-in digits)")
-    g.add_argument("--lr-decay-every", type=common.non_negative_int, default=None,
-                   help=f"halve both learning rates every this many steps; 0: never (default "
-                        f"{DEFAULTS['lr_decay_every']}, carpedm20's; {SMALL['lr_decay_every']} on the built-in digits)")
-    g.add_argument("--h-dim", type=common.positive_int, default=None,
-                   help=f"D's bottleneck N_h (default: --z-dim, the paper's N_h = N_z; {SMALL['h_dim']} on the "
-                        "built-in digits)")
-    g.add_argument("--lr-min", type=float, default=2e-5, help="the halvings stop at this learning rate")
-    g.add_argument("--lr-stall-window", type=common.non_negative_int, default=0,
-                   help="also halve when the mean M_global over this many steps is not 1%% below the "
-                        "previous window's (the paper's rule); 0: off")
-    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, carpedm20's)")
-    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (default 0.999, Adam's)")
-    return p
+    return common.make_parser(__doc__, HYPERPARAMETERS, "began")
 
 
 def _conv(cin, cout, stride=1):
@@ -167,6 +145,7 @@ class AutoEncoder(nn.Module):
 
 class BEGAN(common.GAN):
     name = "began"
+    hyperparameters = HYPERPARAMETERS
     z_prior = "uniform"  # §3.5: z ∈ [−1, 1]^N_z, uniform
 
     def __init__(self, args, shape, device):
@@ -239,9 +218,9 @@ class BEGAN(common.GAN):
         self.k_stuck = torch.where((self.k == 0) | (self.k == 1), self.k_stuck + 1, torch.zeros_like(self.k_stuck))
         if step % a.log_every == 0:
             stuck = int(self.k_stuck)
-            if stuck >= K_STUCK and not self.warned and common.rank() == 0:
-                print(f"began: k_t has sat at {float(self.k):g} for {stuck} steps (step {step}): D and G are out "
-                      "of balance; a lower learning rate or another --gamma may help", file=sys.stderr)
+            if stuck >= K_STUCK and not self.warned:
+                self.warn(f"k_t has sat at {float(self.k):g} for {stuck} steps (step {step}): D and G are out "
+                          "of balance; a lower learning rate or another --gamma may help")
             self.warned = stuck >= K_STUCK
         if a.lr_stall_window:
             self.m_window = self.m_window + m_global

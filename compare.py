@@ -35,31 +35,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import common
-import evaluate
-import metrics
+from evaluate import evaluate_checkpoint, load_model
+from ganzoo import metrics
+from ganzoo.checkpoint import CHECKPOINT, load_checkpoint
+from ganzoo.cli import HelpFormatter, image_size, positive_int, size_str
+from ganzoo.errors import UserError
+from ganzoo.evaluation import evaluate_real, fmt, scorer
+from ganzoo.images import grid
+from ganzoo.sample import generate_n
+from ganzoo.scale import pick_device
 
 MODELS = ("dcgan", "lsgan", "wgan", "wgan_gp", "dragan", "ebgan", "began")
 ROOT = Path(__file__).resolve().parent
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common._Help,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                    help="scripts to compare (default: all seven)")
     p.add_argument("--dataset", choices=metrics.DATASETS, default="stacked-digits", help="data for every run")
-    p.add_argument("--image-size", type=common.image_size, default=(32, 32),
+    p.add_argument("--image-size", type=image_size, default=(32, 32),
                    help="image size for every run (default: 32)")
-    p.add_argument("--steps", type=common.positive_int, default=2000, help="generator updates of every run")
-    p.add_argument("--seeds", type=common.positive_int, default=3, help="runs per model, seeds 1..SEEDS")
-    p.add_argument("--n", type=common.positive_int, default=None,
+    p.add_argument("--steps", type=positive_int, default=2000, help="generator updates of every run")
+    p.add_argument("--seeds", type=positive_int, default=3, help="runs per model, seeds 1..SEEDS")
+    p.add_argument("--n", type=positive_int, default=None,
                    help="samples per evaluation (default: 2,000 for digits, 26,000 for stacked-digits)")
     p.add_argument("--out", type=Path, default=None,
                    help="folder of the runs and results (default runs/compare/<dataset>-<size>-<steps>)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="for training and evaluation")
-    p.add_argument("--gallery-n", type=common.positive_int, default=12, help="samples per gallery row")
+    p.add_argument("--gallery-n", type=positive_int, default=12, help="samples per gallery row")
     return p
 
 
@@ -75,20 +81,20 @@ def cpu_name() -> str:
 
 def run_step(run_dir: Path, model: str) -> int | None:
     """The step of the run's checkpoint, or None when it has none yet."""
-    if not (run_dir / common.CHECKPOINT).is_file():
+    if not (run_dir / CHECKPOINT).is_file():
         return None
-    return int(common.load_checkpoint(run_dir, model)[0]["step"])
+    return int(load_checkpoint(run_dir, model)[0]["step"])
 
 
 def train(model: str, seed: int, run_dir: Path, args, script_args) -> str | None:
     """Train (or resume, or skip) one run; returns None when it reached --steps, else why not."""
     step = run_step(run_dir, model)
     if step is not None and step > args.steps:
-        raise common.UserError(f"{run_dir} holds a run at step {step}, past --steps {args.steps}; use another --out")
+        raise UserError(f"{run_dir} holds a run at step {step}, past --steps {args.steps}; use another --out")
     if step == args.steps:
         return None
     if step is None:
-        cmd = ["--dataset", args.dataset, "--image-size", common.size_str(args.image_size),
+        cmd = ["--dataset", args.dataset, "--image-size", size_str(args.image_size),
                "--steps", args.steps, "--seed", seed, "--out", run_dir, "--device", args.device, *script_args]
     else:
         cmd = ["--resume", run_dir, "--steps", args.steps, "--device", args.device]
@@ -131,14 +137,14 @@ def evaluation(run_dir: Path, args, device) -> dict:
         saved = json.loads(cache.read_text())
         if saved["key"] == key:
             return saved["row"]
-    row = evaluate.evaluate_checkpoint(run_dir, device, args.n)
+    row = evaluate_checkpoint(run_dir, device, args.n)
     cache.write_text(json.dumps({"key": key, "row": row}, indent=2) + "\n")
     return row
 
 
 def mean_std(values) -> str:
     v = np.asarray(values, dtype=np.float64)
-    return evaluate.fmt(float(v.mean())) + (f" ± {v.std(ddof=1):.2g}" if len(v) > 1 else "")
+    return fmt(float(v.mean())) + (f" ± {v.std(ddof=1):.2g}" if len(v) > 1 else "")
 
 
 def gallery(rows: list[tuple[str, torch.Tensor]], path: Path, label_w: int = 64) -> None:
@@ -146,7 +152,7 @@ def gallery(rows: list[tuple[str, torch.Tensor]], path: Path, label_w: int = 64)
     from PIL import Image, ImageDraw
     strips = []
     for label, x in rows:
-        g = common.grid(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x, nrow=len(x))
+        g = grid(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x, nrow=len(x))
         strip = Image.new("RGB", (label_w + g.shape[1], g.shape[0]))
         strip.paste(Image.fromarray(g), (label_w, 0))
         ImageDraw.Draw(strip).text((4, g.shape[0] // 2 - 5), label, fill=(255, 255, 255))
@@ -206,7 +212,7 @@ def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
         cells = [mean_std(res[k]["values"]) for k in keys[:5]]
         cells += [f"{res['images_per_s']['mean']:.0f}", f"{res['wall_s']['mean'] / 60:.1f}"]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {res['runs']}/{res['of']} |")
-    lines.append("| real data | " + " | ".join(evaluate.fmt(real[k]) for k in keys[:5]) + " | | | |")
+    lines.append("| real data | " + " | ".join(fmt(real[k]) for k in keys[:5]) + " | | | |")
     failed = [f"- {r['model']} seed {r['seed']} failed ({r['failed']})" for r in runs if r["failed"]]
     text = "\n".join(lines + ([""] + failed if failed else [])) + "\n"
     return text, {"command": command, "date": date, "machine": machine, "dataset": args.dataset,
@@ -220,10 +226,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(own)
     hw = tuple(args.image_size)
-    args.out = args.out or Path("runs/compare") / f"{args.dataset}-{common.size_str(hw)}-{args.steps}steps"
+    args.out = args.out or Path("runs/compare") / f"{args.dataset}-{size_str(hw)}-{args.steps}steps"
     try:
-        device = common.pick_device(args.device)
-        judge = evaluate.scorer(args.dataset, hw, device)  # first: a bad setting fails before hours of training
+        device = pick_device(args.device)
+        judge = scorer(args.dataset, hw, device)  # first: a bad setting fails before hours of training
         args.n = args.n or judge.n
         runs = []
         for model in args.models:
@@ -235,14 +241,14 @@ def main(argv=None) -> int:
                     run.update(evaluation(run_dir, args, device))
                     run["images_per_s"], run["wall_s"] = speed(run_dir)
                 runs.append(run)
-        real = evaluate.evaluate_real(args.dataset, hw, device, args.n)
+        real = evaluate_real(args.dataset, hw, device, args.n)
         pictures = []  # the same z (generate_n's fixed seed) for every model, from its first finished run
         for model in args.models:
             done = [r for r in runs if r["model"] == model and not r["failed"]]
             if done:
-                pictures.append((model, common.generate_n(evaluate.load_model(done[0]["run_dir"], device)[0],
+                pictures.append((model, generate_n(load_model(done[0]["run_dir"], device)[0],
                                                           args.gallery_n)))
-    except common.UserError as e:
+    except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,32 +21,27 @@ import torch.nn.functional as F
 
 import common
 
-# ---- defaults: the paper's (§4 "Details of adversarial training") --------------------
-DEFAULTS = dict(
-    batch_size=128,   # "mini-batch stochastic gradient descent with a mini-batch size of 128"
-    steps=20_000,     # not in the paper (see the docstring)
-    z_dim=100,        # Fig. 1: a 100-dimensional uniform distribution Z (the authors' code: N(0, I))
-    width=64,         # the authors' code: ngf = ndf = 64
-    g_lr=2e-4,        # "learning rate of 0.0002"
-    d_lr=2e-4,
+# ---- hyperparameters: the paper's (§4 "Details of adversarial training") unless noted ---
+Hyper = common.Hyper
+HYPERPARAMETERS = dict(
+    batch_size=Hyper(128),  # "mini-batch stochastic gradient descent with a mini-batch size of 128"
+    steps=Hyper(20_000, small=2000, source="not in the paper"),  # see the docstring
+    z_dim=Hyper(100),       # Fig. 1: a 100-dimensional uniform distribution Z (the authors' code: N(0, I))
+    width=Hyper(64, small=32, source="the authors' code"),  # ngf = ndf = 64
+    g_lr=Hyper(2e-4),       # "learning rate of 0.0002"
+    d_lr=Hyper(2e-4),
+    beta1=Hyper(0.5, "Adam beta1 (0.9 'resulted in training oscillation')"),  # "momentum term beta1 at 0.5"
+    beta2=Hyper(0.999, "Adam beta2", source="Adam's default"),
 )
-SMALL = dict(width=32, steps=2000)  # the built-in digits (see the docstring)
-SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
-    "steps": "not in the paper",
-    "width": "the authors' code",
-}
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
-    g = p.add_argument_group("dcgan")
-    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (paper: 0.5; 0.9 'resulted in training oscillation')")
-    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (paper: Adam's default)")
-    return p
+    return common.make_parser(__doc__, HYPERPARAMETERS, "dcgan")
 
 
 class DCGAN(common.GAN):
     name = "dcgan"
+    hyperparameters = HYPERPARAMETERS
 
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)

@@ -23,7 +23,6 @@ Departures from the paper, each named where the code has it:
   1,200 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
   a folder run defaults to 20,000 updates.
 """
-import argparse
 import math
 
 import torch
@@ -32,50 +31,34 @@ import torch.nn.functional as F
 import common
 import kernels
 
-# ---- defaults: the paper's and its authors' code (DRAGAN.ipynb) ------------------------
-DEFAULTS = dict(
-    batch_size=128,   # the authors' code: mb_size = 128
-    steps=20_000,     # not in the paper (see the docstring)
-    z_dim=100,        # the authors' code: z_dim = 100, z ~ U[-1, 1]
-    width=64,         # DCGAN's ngf = ndf = 64
-    g_lr=1e-4,        # the authors' code: Adam(learning_rate=1e-4, beta1=0.5, beta2=0.9) for both
-    d_lr=1e-4,
+# ---- hyperparameters: the paper's and its authors' code (DRAGAN.ipynb) -----------------
+Hyper = common.Hyper
+HYPERPARAMETERS = dict(
+    batch_size=Hyper(128, source="the authors' code"),  # mb_size = 128
+    steps=Hyper(20_000, small=1200, source="not in the paper"),  # see the docstring
+    z_dim=Hyper(100, source="the authors' code"),  # z_dim = 100, z ~ U[-1, 1]
+    width=Hyper(64, small=32, source="DCGAN's"),  # ngf = ndf = 64
+    # the authors' code: Adam(learning_rate=1e-4, beta1=0.5, beta2=0.9) for both networks
+    g_lr=Hyper(1e-4, source="the authors' code"),
+    d_lr=Hyper(1e-4, source="the authors' code"),
+    gp_lambda=Hyper(10.0, "weight λ of the gradient penalty (paper: λ ≈ 10)", source="the authors' code",
+                    type=common.non_negative, aliases=("--lambda-gp",)),
+    perturb=Hyper("authors", "x̂ = x + α·0.5·std(x)·U[0,1) as the authors' code, or x + N(0, c·I) as the "
+                  "paper's Eq. 1", choices=("authors", "paper"), source="the authors' code"),
+    perturb_c=Hyper(10.0, "with --perturb paper: the variance c of δ ~ N(0, c·I) (for the paper's data scale)",
+                    type=common.non_negative),  # the paper: c ≈ 10
+    beta1=Hyper(0.5, "Adam beta1", source="the authors' code"),
+    beta2=Hyper(0.9, "Adam beta2", source="the authors' code"),
 )
-SMALL = dict(width=32, steps=1200)  # the built-in digits (see the docstring)
-SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
-    "steps": "not in the paper",
-    "batch_size": "the authors' code",
-    "z_dim": "the authors' code",
-    "width": "DCGAN's",
-    "g_lr": "the authors' code",
-    "d_lr": "the authors' code",
-}
-
-
-def nonnegative(text):
-    v = float(text)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
-    return v
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
-    g = p.add_argument_group("dragan")
-    g.add_argument("--lambda-gp", type=nonnegative, default=10.0,
-                   help="weight λ of the gradient penalty (paper: λ ≈ 10; the authors' code: 10)")
-    g.add_argument("--perturb", choices=("authors", "paper"), default="authors",
-                   help="x̂ = x + α·0.5·std(x)·U[0,1) as the authors' code (default), "
-                        "or x + N(0, c·I) as the paper's Eq. 1")
-    g.add_argument("--perturb-c", type=nonnegative, default=10.0,
-                   help="with --perturb paper: the variance c of δ ~ N(0, c·I) (paper: c ≈ 10, for its data scale)")
-    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (the authors' code: 0.5)")
-    g.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (the authors' code: 0.9)")
-    return p
+    return common.make_parser(__doc__, HYPERPARAMETERS, "dragan")
 
 
 class DRAGAN(common.GAN):
     name = "dragan"
+    hyperparameters = HYPERPARAMETERS
     double_backward = True  # the penalty differentiates D twice: --compile leaves it eager
     z_prior = "uniform"  # the authors' code: z ~ U[-1, 1]
 
@@ -129,7 +112,7 @@ class DRAGAN(common.GAN):
         gp, grad_norm = self.penalty(self.perturb(x))
         loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-                  + self.args.lambda_gp * gp)
+                  + self.args.gp_lambda * gp)
         self.update(self.opt_d, loss_d)
 
         # G: the non-saturating loss, min −E[log D(G(z))] (Goodfellow et al. 2014 §3), on a

@@ -36,21 +36,24 @@ import torch.nn as nn
 import common
 import kernels
 
-# ---- defaults: the paper's (§2, §4) ----------------------------------------------------
-DEFAULTS = dict(
-    batch_size=128,   # not stated for EBGAN; DCGAN's 128 (§4.3: "under the same configuration")
-    steps=20_000,     # not in the paper (see the docstring)
-    z_dim=100,        # DCGAN's 100
-    width=64,         # appendix (64x64): encoder (64)4c2s-(128)4c2s-(256)4c2s
-    g_lr=1e-3,        # §4.1: "learning rate 0.001 and Adam ... for both G and D"
-    d_lr=1e-3,
+# ---- hyperparameters: the paper's (§2, §4) unless noted ----------------------------------
+Hyper = common.Hyper
+HYPERPARAMETERS = dict(
+    # not stated for EBGAN; DCGAN's 128 (§4.3: "under the same configuration")
+    batch_size=Hyper(128, small=64, source="DCGAN's"),
+    steps=Hyper(20_000, small=2000, source="not in the paper"),  # see the docstring
+    z_dim=Hyper(100, source="DCGAN's"),
+    width=Hyper(64, small=32),  # appendix (64x64): encoder (64)4c2s-(128)4c2s-(256)4c2s
+    g_lr=Hyper(1e-3),  # §4.1: "learning rate 0.001 and Adam ... for both G and D"
+    d_lr=Hyper(1e-3),
+    energy=Hyper("l2", "D(x): 'l2' the norm ||Dec(Enc(x)) - x|| of the paper's Eq. 13, or 'mse' the per-sample "
+                 "mean squared error most implementations use (no square root)", choices=("l2", "mse")),
+    margin=Hyper(None, "hinge margin m in units of --energy (default: the paper's m for the data set, scaled "
+                 "to the image size; see the module docstring)", type=float),
+    pt_weight=Hyper(0.1, "weight λ_PT of the pull-away term in G's loss; 0 turns it off"),  # §2.4
+    beta1=Hyper(0.5, "Adam beta1", source="DCGAN's"),
+    beta2=Hyper(0.999, "Adam beta2", source="Adam's default"),
 )
-SMALL = dict(width=32, batch_size=64, steps=2000)  # the built-in digits (see the docstring)
-SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
-    "steps": "not in the paper",
-    "batch_size": "DCGAN's",
-    "z_dim": "DCGAN's",
-}
 # The paper's margins as the per-value RMS reconstruction error they allow: m = 10 on 28x28
 # MNIST (§4.1), m = 20 on 64x64x3 CelebA (appendix), both L2 norms (Eq. 13).
 MARGIN_RMS = {"mnist": 10 / math.sqrt(28 * 28), "celeba": 20 / math.sqrt(3 * 64 * 64)}
@@ -58,19 +61,7 @@ MNIST_LIKE = ("digits", "stacked-digits", "mnist")
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
-    g = p.add_argument_group("ebgan")
-    g.add_argument("--energy", choices=("l2", "mse"), default="l2",
-                   help="D(x): 'l2' the norm ||Dec(Enc(x)) - x|| of the paper's Eq. 13 (default), or 'mse' the "
-                        "per-sample mean squared error most implementations use (no square root)")
-    g.add_argument("--margin", type=float, default=None,
-                   help="hinge margin m in units of --energy (default: the paper's m for the data set, "
-                        "scaled to the image size; see the module docstring)")
-    g.add_argument("--pt-weight", type=float, default=0.1,
-                   help="weight λ_PT of the pull-away term in G's loss (default 0.1, the paper's §2.4; 0 turns it off)")
-    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, DCGAN's)")
-    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (default 0.999, Adam's)")
-    return p
+    return common.make_parser(__doc__, HYPERPARAMETERS, "ebgan")
 
 
 def default_margin(dataset, shape, energy):
@@ -107,6 +98,7 @@ class AutoEncoderD(nn.Module):
 
 class EBGAN(common.GAN):
     name = "ebgan"
+    hyperparameters = HYPERPARAMETERS
 
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)

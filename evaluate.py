@@ -1,4 +1,4 @@
-"""Score GAN checkpoints with the offline metrics of metrics.py: one row per checkpoint.
+"""Score GAN checkpoints with the offline metrics of ganzoo/metrics.py: one row per checkpoint.
 
     python evaluate.py runs/dcgan/<run>                    # a run directory or a checkpoint.pt
     python evaluate.py runs/compare --markdown t.md --json t.json   # every checkpoint below a folder
@@ -13,12 +13,11 @@ Columns: classes (digits, of 10) or modes (stacked-digits, of 1,000) covered; kl
 KL(generated || real class histogram), against uniform on stacked-digits; confident: share of
 samples whose top class probability is >= 0.9 (on stacked-digits: all three channels); fd and
 kid: Frechet and kernel distances between classifier features of generated and real images
-(lower is better; comparable within this project only). See metrics.py.
+(lower is better; comparable within this project only). See ganzoo/metrics.py.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import json
 import sys
@@ -26,104 +25,52 @@ from pathlib import Path
 
 import torch
 
-import common
-import metrics
+from ganzoo import metrics
+from ganzoo.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
+from ganzoo.cli import HelpFormatter, image_size, positive_int
+from ganzoo.errors import UserError
+from ganzoo.evaluation import METRICS, evaluate_model, evaluate_real, find_checkpoints, markdown, scorer
+from ganzoo.scale import pick_device
 
 ROOT = Path(__file__).resolve().parent
 
 
-@functools.lru_cache(maxsize=None)
-def scorer(dataset: str, hw: tuple, device: torch.device) -> metrics.Scorer:
-    """One Scorer per data set, size and device in a process (its reference is costly)."""
-    return metrics.Scorer(dataset, hw, device)
-
-
-def make_training_evaluator(args, device):
-    """The --eval-every hook of common.train(): evaluator(sample_fn) -> {metric: float}, where
-    sample_fn(n) returns n generated images (n, C, H, W) in [-1, 1]. Raises common.UserError
-    when the data set is not digits or stacked-digits."""
-    s = scorer(args.dataset, tuple(args.image_size), device)
-    return lambda sample_fn: s(sample_fn(s.n))
-
-
 def model_class(name: str):
-    """The common.GAN subclass of the script `name`.py, whose `name` is the script's."""
+    """The model class (a common.GAN subclass) of the script `name`.py, whose `name` is the script's."""
     if not name.isidentifier() or not (ROOT / f"{name}.py").is_file():
-        raise common.UserError(f"the checkpoint's model {name!r} has no script {name}.py here")
+        raise UserError(f"the checkpoint's model {name!r} has no script {name}.py here")
     mod = importlib.import_module(name)
     for v in vars(mod).values():
-        if isinstance(v, type) and issubclass(v, common.GAN) and v.name == name:
+        if isinstance(v, type) and getattr(v, "name", None) == name and callable(getattr(v, "train_step", None)):
             return v
-    raise common.UserError(f"{name}.py defines no common.GAN subclass named {name!r}")
+    raise UserError(f"{name}.py defines no common.GAN subclass named {name!r}")
 
 
-def load_model(path, device) -> tuple[common.GAN, dict]:
+def load_model(path, device) -> tuple:
     """A checkpoint (or run directory) of any script -> its model, networks restored, and
     the checkpoint."""
-    ckpt, p = common.load_checkpoint(path)
-    return common.model_from_checkpoint(model_class(ckpt["model"]), ckpt, p, device), ckpt
+    ckpt, p = load_checkpoint(path)
+    return model_from_checkpoint(model_class(ckpt["model"]), ckpt, p, device), ckpt
 
 
 def evaluate_checkpoint(path, device=torch.device("cpu"), n: int | None = None, seed: int = 0) -> dict:
     """One row: where, model, step, data, then the metrics of n samples (default: the data
     set's, 2,000 for digits and 26,000 for stacked-digits)."""
     model, ckpt = load_model(path, device)
-    cfg = ckpt["config"]
-    s = scorer(cfg["dataset"], tuple(cfg["image_size"]), device)
-    n = n or s.n
-    return {"checkpoint": str(common.checkpoint_path(path)), "model": ckpt["model"], "step": ckpt["step"],
-            "dataset": cfg["dataset"], "image_size": common.size_str(cfg["image_size"]), "n": n,
-            **s(common.generate_n(model, n, seed))}
-
-
-def evaluate_real(dataset: str, hw, device=torch.device("cpu"), n: int | None = None, seed: int = 1) -> dict:
-    """The sanity row: n real images drawn at random (another draw than the stacked-digits
-    reference's) scored against the reference: the best a generator can expect at this n."""
-    s = scorer(dataset, tuple(hw), device)
-    n = n or s.n
-    return {"checkpoint": "(real data)", "model": "real data", "step": 0, "dataset": dataset,
-            "image_size": common.size_str(hw), "n": n, **s(s.real(n, seed))}
-
-
-METRICS = ("classes", "modes", "kl", "confident", "fd", "kid")
-
-
-def fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def markdown(rows: list[dict], columns) -> str:
-    cols = [c for c in columns if any(c in r for r in rows)]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def checkpoints(paths) -> list[Path]:
-    """Each path: a checkpoint, a run directory, or a folder searched for checkpoints."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir() and not (p / common.CHECKPOINT).is_file():
-            found = sorted(p.rglob(common.CHECKPOINT))
-            if not found:
-                raise common.UserError(f"{p}: no {common.CHECKPOINT} in it or below it")
-            out += found
-        else:
-            out.append(common.checkpoint_path(p))
-    return out
+    return evaluate_model(model, ckpt, str(checkpoint_path(path)), device, n, seed)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=common._Help,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("paths", nargs="*", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="checkpoints, run directories, or folders holding run directories")
     p.add_argument("--real", action="store_true", help="add a row scoring real images against the reference")
     p.add_argument("--dataset", choices=metrics.DATASETS, default=None,
                    help="data set of the --real row (default: the first checkpoint's, else digits)")
-    p.add_argument("--image-size", type=common.image_size, default=None,
+    p.add_argument("--image-size", type=image_size, default=None,
                    help="image size of the --real row (default: the first checkpoint's, else 32)")
-    p.add_argument("--n", type=common.positive_int, default=None,
+    p.add_argument("--n", type=positive_int, default=None,
                    help="samples per checkpoint (default: 2,000 for digits, 26,000 for stacked-digits)")
     p.add_argument("--seed", type=int, default=0, help="seed of the z the samples are drawn from")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
@@ -138,18 +85,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if not args.paths and not args.real:
-            raise common.UserError("name at least one run directory or checkpoint, or --real")
-        device = common.pick_device(args.device)
-        rows = [evaluate_checkpoint(p, device, args.n, args.seed) for p in checkpoints(args.paths)]
+            raise UserError("name at least one run directory or checkpoint, or --real")
+        device = pick_device(args.device)
+        rows = [evaluate_checkpoint(p, device, args.n, args.seed) for p in find_checkpoints(args.paths)]
         if args.real:
             dataset = args.dataset or (rows[0]["dataset"] if rows else "digits")
-            hw = args.image_size or (common.image_size(rows[0]["image_size"]) if rows else (32, 32))
+            hw = args.image_size or (image_size(rows[0]["image_size"]) if rows else (32, 32))
             rows.append(evaluate_real(dataset, hw, device, args.n))
-    except common.UserError as e:
+    except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     for r in rows:
-        r["classifier_accuracy"] = scorer(r["dataset"], common.image_size(r["image_size"]), device).accuracy
+        r["classifier_accuracy"] = scorer(r["dataset"], image_size(r["image_size"]), device).accuracy
     judges = sorted({(r["dataset"], r["image_size"], r["classifier_accuracy"]) for r in rows})
     table = markdown(rows, ("model", "step", "dataset", "image_size", "n") + METRICS + ("checkpoint",))
     table += "".join(f"\njudge for {d} at {s}: digit classifier, held-out accuracy {a:.1%}\n" for d, s, a in judges)

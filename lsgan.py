@@ -28,25 +28,7 @@ import torch
 
 import common
 
-# ---- defaults: the paper's (§3.2, §4.1) and its authors' code --------------------------
-DEFAULTS = dict(
-    batch_size=64,    # the authors' code (train_lsun.py, train_chn.py): batch_size 64
-    steps=20_000,     # not in the paper (see the docstring)
-    z_dim=1024,       # §3.3: the generator takes z of 1024 dims; the authors' code: z_dim 1024
-    width=64,         # DCGAN's ngf = ndf = 64 (the paper builds on a DCGAN implementation, §4.1)
-    g_lr=2e-4,        # the authors' code for handwritten characters (train_chn.py: 0.0002;
-    d_lr=2e-4,        # their LSUN scenes use 0.001)
-)
-SMALL = dict(width=32, steps=2500, g_lr=1e-3, d_lr=1e-3)  # the built-in digits (see the docstring)
-SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
-    "steps": "not in the paper",
-    "batch_size": "the authors' code",
-    "width": "DCGAN's",
-    "g_lr": "the authors' code",
-    "d_lr": "the authors' code",
-}
-
-
+# ---- hyperparameters: the paper's (§3.2, §4.1) and its authors' code -------------------
 def abc_labels(text):
     """'0,1,1' -> (a, b, c): the fake label, the real label, the label G wants for its fakes."""
     try:
@@ -56,19 +38,30 @@ def abc_labels(text):
     return (a, b, c)
 
 
+Hyper = common.Hyper
+HYPERPARAMETERS = dict(
+    batch_size=Hyper(64, source="the authors' code"),   # train_lsun.py, train_chn.py: batch_size 64
+    steps=Hyper(20_000, small=2500, source="not in the paper"),  # see the docstring
+    z_dim=Hyper(1024),      # §3.3: the generator takes z of 1024 dims; the authors' code: z_dim 1024
+    width=Hyper(64, small=32, source="DCGAN's"),  # ngf = ndf = 64 (the paper builds on a DCGAN implementation, §4.1)
+    # the authors' code for handwritten characters (train_chn.py: 0.0002; their LSUN scenes use 0.001)
+    g_lr=Hyper(2e-4, small=1e-3, source="the authors' code"),
+    d_lr=Hyper(2e-4, small=1e-3, source="the authors' code"),
+    abc=Hyper((0.0, 1.0, 1.0), "labels: a for fakes and b for reals in D's loss, c in G's loss (the paper's Eq. 9, "
+          "used in its experiments; --abc -1,1,0 is Eq. 8, minimising Pearson chi^2)",
+          type=abc_labels, metavar="A,B,C"),
+    beta1=Hyper(0.5, "Adam beta1"),  # §4.1: "beta1 = 0.5"
+    beta2=Hyper(0.999, "Adam beta2", source="Adam's default"),
+)
+
+
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
-    g = p.add_argument_group("lsgan")
-    g.add_argument("--abc", type=abc_labels, default=(0.0, 1.0, 1.0), metavar="A,B,C",
-                   help="labels: a for fakes and b for reals in D's loss, c in G's loss (default 0,1,1, "
-                        "the paper's Eq. 9 used in its experiments; --abc -1,1,0 is Eq. 8, minimising Pearson chi^2)")
-    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (paper: 0.5)")
-    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2 (paper: Adam's default 0.999)")
-    return p
+    return common.make_parser(__doc__, HYPERPARAMETERS, "lsgan")
 
 
 class LSGAN(common.GAN):
     name = "lsgan"
+    hyperparameters = HYPERPARAMETERS
     z_prior = "uniform"  # the authors' code: z ~ U[-1, 1]
 
     def __init__(self, args, shape, device):

@@ -31,39 +31,30 @@ import torch
 
 import common
 
-# ---- defaults: the paper's (Algorithm 1) and the authors' code ------------------------
-DEFAULTS = dict(
-    batch_size=64,    # Algorithm 1: m = 64
-    steps=100_000,    # not in the paper (see the docstring)
-    z_dim=100,        # the authors' code: nz = 100, z ~ N(0, I)
-    width=64,         # the authors' code: ngf = ndf = 64 (the DCGAN generator and critic)
-    g_lr=5e-5,        # Algorithm 1: alpha = 0.00005 (RMSProp)
-    d_lr=5e-5,
-    critic_warmup=100,  # the authors' code: Diters = 100 for the first 25 generator iterations and every 500th
+# ---- hyperparameters: the paper's (Algorithm 1) and the authors' code -----------------
+Hyper = common.Hyper
+HYPERPARAMETERS = dict(
+    batch_size=Hyper(64),  # Algorithm 1: m = 64
+    steps=Hyper(100_000, small=1000, source="not in the paper"),  # see the docstring
+    z_dim=Hyper(100, source="the authors' code"),  # nz = 100, z ~ N(0, I)
+    width=Hyper(64, small=32, source="the authors' code"),  # ngf = ndf = 64 (the DCGAN generator and critic)
+    g_lr=Hyper(5e-5, small=2e-4),  # Algorithm 1: alpha = 0.00005 (RMSProp); the digits: see the docstring
+    d_lr=Hyper(5e-5, small=2e-4),
+    n_critic=Hyper(5, "critic updates per generator update", type=common.positive_int),  # Algorithm 1: n_critic = 5
+    clip=Hyper(0.01, "every critic parameter is clipped to [-clip, clip]"),  # Algorithm 1: c = 0.01
+    # the authors' code: Diters = 100 for the first 25 generator iterations and every 500th
+    critic_warmup=Hyper(100, "critic updates for the first 25 generator updates and every 500th; 0: n_critic "
+                        "throughout", small=0, source="the authors' code", type=common.non_negative_int, metavar="N"),
 )
-SMALL = dict(width=32, steps=1000, g_lr=2e-4, d_lr=2e-4, critic_warmup=0)  # the built-in digits (see the docstring)
-SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
-    "steps": "not in the paper",
-    "z_dim": "the authors' code",
-    "width": "the authors' code",
-}
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
-    g = p.add_argument_group("wgan")
-    g.add_argument("--n-critic", type=common.positive_int, default=5,
-                   help="critic updates per generator update (paper: n_critic = 5)")
-    g.add_argument("--clip", type=float, default=0.01,
-                   help="every critic parameter is clipped to [-clip, clip] (paper: c = 0.01)")
-    g.add_argument("--critic-warmup", type=common.non_negative_int, default=None, metavar="N",
-                   help="critic updates for the first 25 generator updates and every 500th; 0: n_critic "
-                        "throughout (default 100, the authors' code; 0 on the built-in digits data)")
-    return p
+    return common.make_parser(__doc__, HYPERPARAMETERS, "wgan")
 
 
 class WGAN(common.GAN):
     name = "wgan"
+    hyperparameters = HYPERPARAMETERS
 
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)

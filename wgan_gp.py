@@ -39,36 +39,27 @@ import torch.nn.functional as F
 import common
 import kernels
 
-# ---- defaults: the paper's (Algorithm 1) and the authors' code (gan_64x64.py) --------
-DEFAULTS = dict(
-    batch_size=64,    # Algorithm 1's m; the authors' code: BATCH_SIZE = 64
-    steps=200_000,    # the authors' code: ITERS = 200000 generator iterations
-    z_dim=128,        # the authors' code: noise = tf.random_normal([n_samples, 128])
-    width=64,         # the authors' code: DIM = 64
-    g_lr=1e-4,        # Algorithm 1: alpha = 0.0001 (Adam)
-    d_lr=1e-4,
+# ---- hyperparameters: the paper's (Algorithm 1) and the authors' code (gan_64x64.py) -----
+Hyper = common.Hyper
+HYPERPARAMETERS = dict(
+    batch_size=Hyper(64),  # Algorithm 1's m; the authors' code: BATCH_SIZE = 64
+    steps=Hyper(200_000, small=600, source="the authors' code"),  # ITERS = 200000 generator iterations
+    z_dim=Hyper(128, source="the authors' code"),  # noise = tf.random_normal([n_samples, 128])
+    width=Hyper(64, small=32, source="the authors' code"),  # DIM = 64
+    g_lr=Hyper(1e-4),  # Algorithm 1: alpha = 0.0001 (Adam)
+    d_lr=Hyper(1e-4),
+    arch=Hyper("dcgan", "networks: the DCGAN stack, or the paper's ResNet (appendix; the authors' gan_64x64.py)",
+               choices=("dcgan", "resnet"), source="not the paper's ResNet: the cheaper of the two on a CPU"),
+    critic_norm=Hyper("layer", "normalisation in the critic (never BatchNorm)", choices=("layer", "none")),  # §4
+    gp_lambda=Hyper(10.0, "gradient penalty weight lambda"),  # Algorithm 1: lambda = 10
+    n_critic=Hyper(5, "critic updates per generator update", type=common.positive_int),  # Algorithm 1: n_critic = 5
+    beta1=Hyper(0.0, "Adam beta1"),  # Algorithm 1: beta1 = 0, beta2 = 0.9
+    beta2=Hyper(0.9, "Adam beta2"),
 )
-SMALL = dict(width=32, steps=600)  # the built-in digits (see the docstring)
-SOURCES = {  # defaults that are not the paper's: where they come from (shown by --help)
-    "steps": "the authors' code",
-    "z_dim": "the authors' code",
-    "width": "the authors' code",
-}
 
 
 def build_parser():
-    p = common.make_parser(__doc__, DEFAULTS, SMALL, SOURCES)
-    g = p.add_argument_group("wgan-gp")
-    g.add_argument("--arch", choices=("dcgan", "resnet"), default="dcgan",
-                   help="networks: the DCGAN stack, or the paper's ResNet (appendix; the authors' gan_64x64.py)")
-    g.add_argument("--critic-norm", choices=("layer", "none"), default="layer",
-                   help="normalisation in the critic (paper: layer normalisation; never BatchNorm)")
-    g.add_argument("--gp-lambda", type=float, default=10.0, help="gradient penalty weight (paper: lambda = 10)")
-    g.add_argument("--n-critic", type=common.positive_int, default=5,
-                   help="critic updates per generator update (paper: n_critic = 5)")
-    g.add_argument("--beta1", type=float, default=0.0, help="Adam beta1 (paper: 0)")
-    g.add_argument("--beta2", type=float, default=0.9, help="Adam beta2 (paper: 0.9)")
-    return p
+    return common.make_parser(__doc__, HYPERPARAMETERS, "wgan-gp")
 
 
 # ---- the paper's ResNet (appendix; gan_64x64.py GoodGenerator / GoodDiscriminator) ----
@@ -100,7 +91,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.resample = resample
         mid = cout if resample == "up" else cin
-        self.norm1, self.norm2 = common._norm2d(norm, cin), common._norm2d(norm, mid)
+        self.norm1, self.norm2 = common.norm2d(norm, cin), common.norm2d(norm, mid)
         self.conv1 = _conv(cin, mid, 3, bias=False)
         self.conv2 = _conv(mid, cout, 3)
         self.shortcut = _conv(cin, cout, 1, he=False)
@@ -127,7 +118,7 @@ class ResNetGenerator(nn.Module):
 
     def __init__(self, z_dim, channels, hw, width=64):
         super().__init__()
-        L = common._levels(hw)
+        L = common.levels(hw)
         self.h0, self.w0 = hw[0] >> L, hw[1] >> L
         ch = _resnet_channels(width, L)
         self.input = _tf_init(nn.Linear(z_dim, ch[0] * self.h0 * self.w0), he=False)
@@ -146,7 +137,7 @@ class ResNetCritic(nn.Module):
 
     def __init__(self, channels, hw, width=64, norm="layer"):
         super().__init__()
-        L = common._levels(hw)
+        L = common.levels(hw)
         ch = _resnet_channels(width, L)[::-1]                 # w, 2w, 4w, 8w, 8w at 64x64
         self.input = _conv(channels, ch[0], 3, he=False)
         self.blocks = nn.Sequential(*[ResBlock(ch[j], ch[j + 1], "down", norm) for j in range(L)])
@@ -159,6 +150,7 @@ class ResNetCritic(nn.Module):
 
 class WGANGP(common.GAN):
     name = "wgan_gp"
+    hyperparameters = HYPERPARAMETERS
     double_backward = True  # the penalty differentiates the critic twice: --compile leaves it eager
 
     def __init__(self, args, shape, device):

@@ -20,6 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+from ganzoo.batches import Batches
+from ganzoo.cli import image_size, size_str
+from ganzoo.data import list_images, load_folder
 
 
 def make_jpegs(root: Path, n: int, seed=0):
@@ -40,7 +43,7 @@ def main():
     p.add_argument("--path", help="a folder of images (default: make synthetic JPEGs)")
     p.add_argument("--n", type=int, default=2000, help="synthetic images to make")
     p.add_argument("--limit", type=int, default=None, help="use at most this many files of --path")
-    p.add_argument("--image-size", type=common.image_size, default=(64, 64))
+    p.add_argument("--image-size", type=image_size, default=(64, 64))
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--batch-size", type=int, default=128)
     a = p.parse_args()
@@ -55,15 +58,15 @@ def main():
         tmp = tmp or tempfile.TemporaryDirectory()
         sub = Path(tmp.name) / "subset"
         sub.mkdir(exist_ok=True)
-        for f in common.list_images(root)[: a.limit]:
+        for f in list_images(root)[: a.limit]:
             (sub / f.name).symlink_to(f.resolve())
         root = sub
     t = time.perf_counter()
-    data = common.load_folder(root, a.image_size, 3, a.workers, budget=float("inf"))
+    data = load_folder(root, a.image_size, 3, a.workers, budget=float("inf"))
     dt = time.perf_counter() - t
-    print(f"decode: {len(data)} images at {common.size_str(a.image_size)} with {a.workers} workers: "
+    print(f"decode: {len(data)} images at {size_str(a.image_size)} with {a.workers} workers: "
           f"{len(data) / dt:,.0f} images/s ({dt:.2f} s)")
-    batches = common.Batches(data, a.batch_size, 0, torch.device("cpu"))
+    batches = Batches(data, a.batch_size, 0, torch.device("cpu"))
     n = max(50, 20 * len(data) // a.batch_size)
     t = time.perf_counter()
     for _ in range(n):

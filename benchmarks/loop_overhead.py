@@ -1,4 +1,4 @@
-"""The training loop's overhead: common.train() against a bare training step of the same
+"""The training loop's overhead: ganzoo.loop.train() against a bare training step of the same
 networks, written the way pytorch/examples/dcgan writes it (no logging, no grids, no
 checkpoints, batches sliced from a tensor).
 
@@ -21,12 +21,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import dcgan  # noqa: E402
+from ganzoo.data import load_data, resolve_data_args
+from ganzoo.loop import train
 
 
 def bare(steps, device, argv):
     args = dcgan.build_parser().parse_args(argv)
-    common.resolve_data_args(args)
-    data = common.load_data(args)
+    resolve_data_args(args)
+    data = load_data(args)
     torch.manual_seed(0)
     m = dcgan.DCGAN(args, data.shape, device)
     G, D, og, od = m.G, m.D, m.opt_g, m.opt_d

@@ -4,8 +4,8 @@
     python benchmarks/train_speed.py --models dcgan --markdown
     python benchmarks/train_speed.py --device cuda --steps 50
 
-Each row times the loop's own step (common._one_step: the model's train_step under the
-flags, the EMA when on, the scalars) on synthetic 64x64 RGB batches drawn by common.Batches,
+Each row times the loop's own step (ganzoo.loop.one_step: the model's train_step under the
+flags, the EMA when on, the scalars) on synthetic 64x64 RGB batches drawn by Batches,
 after warm-up steps (and compilation) that are not timed. The settings:
 
     default           what the script does with no speed flag on this device
@@ -33,6 +33,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+from ganzoo.batches import Batches
+from ganzoo.data import Images
+from ganzoo.loop import one_step
+from ganzoo.scale import autocast, channels_last, pick_device, prepare_model
 
 MODELS = ("dcgan", "lsgan", "wgan", "wgan_gp", "dragan", "ebgan", "began")
 SETTINGS = {
@@ -60,10 +64,10 @@ def build(name, flags, size, batch, device):
         if getattr(args, k) is None:
             setattr(args, k, args._paper[k])
     torch.manual_seed(0)
-    model = common.prepare_model(model_class(mod)(args, (3, size, size), device), args, for_training=True)
-    data = common.Images(torch.randint(0, 256, (max(1024, 4 * args.batch_size), 3, size, size), dtype=torch.uint8))
-    batches = common.Batches(data, args.batch_size, 0, device, channels_last=common.channels_last(args, device))
-    amp = common.autocast(args, device)
+    model = prepare_model(model_class(mod)(args, (3, size, size), device), args, for_training=True)
+    data = Images(torch.randint(0, 256, (max(1024, 4 * args.batch_size), 3, size, size), dtype=torch.uint8))
+    batches = Batches(data, args.batch_size, 0, device, channels_last=channels_last(args, device))
+    amp = autocast(args, device)
     return args, model, batches, amp
 
 
@@ -81,13 +85,13 @@ def time_loop(name, flags, size, batch, device, warmup, steps):
     args, model, batches, amp = build(name, flags, size, batch, device)
     bad = torch.full((), -1, dtype=torch.long, device=device)
     for i in range(STEP0, STEP0 + warmup):
-        _, _, bad = common._one_step(model, args, batches, amp, i, bad)
+        _, bad = one_step(model, args, batches, amp, i, bad)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     n0, t = batches.images, time.perf_counter()
     for i in range(STEP0 + warmup, STEP0 + warmup + steps):
-        _, _, bad = common._one_step(model, args, batches, amp, i, bad)
+        _, bad = one_step(model, args, batches, amp, i, bad)
     sync(device)
     dt = time.perf_counter() - t
     assert int(bad) < 0, f"{name} {flags}: non-finite scalars"
@@ -146,7 +150,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on CUDA, 5 on CPU)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     a = p.parse_args(argv)
-    device = common.pick_device(a.device)
+    device = pick_device(a.device)
     cuda = device.type == "cuda"
     warmup = a.warmup if a.warmup is not None else (10 if cuda else 2)
     steps = a.steps if a.steps is not None else (50 if cuda else 5)

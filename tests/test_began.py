@@ -11,13 +11,14 @@ import torch.nn as nn
 from PIL import Image
 
 import began
-import common
 from conftest import run_main, run_script
+from ganzoo.cli import image_size
+from ganzoo.data import resolve_data_args
 
 
 def make(*argv, hw=(16, 16), channels=1):
     args = began.build_parser().parse_args(["--width", "4", "--image-size", f"{hw[0]}x{hw[1]}", *argv])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     return began.BEGAN(args, (channels,) + hw, torch.device("cpu"))
 
 
@@ -64,12 +65,12 @@ def test_losses_m_global_and_k_on_known_values(gamma, g_value, balance, k):
 def test_paper_values_on_a_folder_and_departures_on_the_digits():
     p = began.build_parser()
     folder = p.parse_args(["--path", "x"])
-    common.resolve_data_args(folder)
+    resolve_data_args(folder)
     assert (folder.gamma, folder.lambda_k, folder.h_dim, folder.width, folder.batch_size) == (0.5, 0.001, None, 128, 16)
     m = make("--dataset", "folder", "--path", "x")
     assert m.D.encoder.fc.out_features == 64  # N_h = N_z = 64 (§4.1)
     digits = p.parse_args([])
-    common.resolve_data_args(digits)
+    resolve_data_args(digits)
     assert (digits.gamma, digits.lambda_k, digits.h_dim) == (1.0, 0.01, 16)
     assert make("--gamma", "0.3").args.gamma == 0.3  # a flag beats both
 
@@ -177,7 +178,7 @@ def test_smoke_subprocess(tmp_path, size):
     for key in ("loss_d", "loss_g", "k_t", "m_global", "loss_real", "loss_fake", "balance", "lr_g", "lr_d"):
         assert math.isfinite(rows[-1][key]), key
     assert 0 <= rows[-1]["k_t"] <= 1 and rows[-1]["lr_g"] == 3e-4  # the digits' learning rate
-    h, w = common.image_size(size)
+    h, w = image_size(size)
     assert Image.open(out / "samples" / "step_000002.png").size == (8 * (w + 2) + 2, 8 * (h + 2) + 2)
 
 

@@ -8,8 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-import common
 from conftest import one_error_line, run_main
+from ganzoo.batches import Batches
+from ganzoo.cli import image_size
+from ganzoo.data import Images, StackedDigits, StreamedFolder, decode_image, digits_images, list_images, load_cifar10, load_folder, load_mnist, resize_uint8
+from ganzoo.errors import UserError
 
 
 def make_folder(root, corrupt=True):
@@ -32,19 +35,19 @@ def make_folder(root, corrupt=True):
 
 
 def test_image_size_parsing():
-    assert common.image_size("64") == (64, 64)
-    assert common.image_size("128x256") == (128, 256)
+    assert image_size("64") == (64, 64)
+    assert image_size("128x256") == (128, 256)
     for bad in ("48", "8", "64x100", "abc", "0"):
         with pytest.raises(Exception):
-            common.image_size(bad)
+            image_size(bad)
 
 
 def test_folder_all_modes_and_a_corrupt_file(tmp_path):
     n = make_folder(tmp_path)
-    data = common.load_folder(tmp_path, (32, 32), 3, workers=0, budget=1e9)
+    data = load_folder(tmp_path, (32, 32), 3, workers=0, budget=1e9)
     assert len(data) == n and data.skipped == 1
     assert data.x.shape == (n, 3, 32, 32) and data.x.dtype == torch.uint8
-    files = common.list_images(tmp_path)
+    files = list_images(tmp_path)
     deep = data.x[[f.name for f in files].index("deep16.png")]
     assert abs(int(deep.float().mean()) - 128) <= 1  # 32768 of 65535 is mid-grey, not saturated white
     rgba = data.x[[f.name for f in files].index("rgba.png")]
@@ -53,7 +56,7 @@ def test_folder_all_modes_and_a_corrupt_file(tmp_path):
 
 def test_folder_non_square_and_grey(tmp_path):
     make_folder(tmp_path, corrupt=False)
-    data = common.load_folder(tmp_path, (16, 32), 1, workers=0, budget=1e9)
+    data = load_folder(tmp_path, (16, 32), 1, workers=0, budget=1e9)
     assert data.x.shape[1:] == (1, 16, 32)
 
 
@@ -66,17 +69,17 @@ def test_decode_centre_crop():
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "x.png")
         Image.fromarray(a).save(p)
-        out = common.decode_image(p, (16, 16), 1)[0]
+        out = decode_image(p, (16, 16), 1)[0]
     assert out[:, :4].mean() < 10 and out[:, -4:].mean() > 245
 
 
 def test_streamed_folder_matches_in_memory(tmp_path):
     make_folder(tmp_path, corrupt=False)
-    mem = common.load_folder(tmp_path, (16, 16), 3, workers=0, budget=1e9)
-    streamed = common.load_folder(tmp_path, (16, 16), 3, workers=0, budget=10)
-    assert isinstance(streamed, common.StreamedFolder)
-    b1 = common.Batches(mem, 4, 0, torch.device("cpu"))
-    b2 = common.Batches(streamed, 4, 0, torch.device("cpu"))
+    mem = load_folder(tmp_path, (16, 16), 3, workers=0, budget=1e9)
+    streamed = load_folder(tmp_path, (16, 16), 3, workers=0, budget=10)
+    assert isinstance(streamed, StreamedFolder)
+    b1 = Batches(mem, 4, 0, torch.device("cpu"))
+    b2 = Batches(streamed, 4, 0, torch.device("cpu"))
     for _ in range(3):  # crosses an epoch boundary (8 images, batch 4)
         assert torch.equal(b1(), b2())
 
@@ -95,7 +98,7 @@ def test_mnist_idx(tmp_path, gz):
     write_idx(tmp_path / f"train-labels-idx1-ubyte{sfx}", np.arange(20) % 10, gz)
     write_idx(tmp_path / f"t10k-images-idx3-ubyte{sfx}", imgs[:5], gz)
     write_idx(tmp_path / f"t10k-labels-idx1-ubyte{sfx}", np.arange(5), gz)
-    data = common.load_mnist(tmp_path)
+    data = load_mnist(tmp_path)
     assert data.x.shape == (25, 1, 28, 28) and torch.equal(data.x[0, 0], torch.from_numpy(imgs[0]).to(torch.uint8))
     assert data.labels.tolist()[:3] == [0, 1, 2]
 
@@ -110,7 +113,7 @@ def write_cifar(root, n=10):
 
 def test_cifar10(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py")
-    data = common.load_cifar10(tmp_path)
+    data = load_cifar10(tmp_path)
     assert data.x.shape == (50, 3, 32, 32) and len(data.labels) == 50
 
 
@@ -121,15 +124,15 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
     pickle.dump({b"data": Evil(), b"labels": []}, open(tmp_path / "data_batch_3", "wb"))
-    with pytest.raises(common.UserError, match="not a CIFAR-10 python batch"):
-        common.load_cifar10(tmp_path)
+    with pytest.raises(UserError, match="not a CIFAR-10 python batch"):
+        load_cifar10(tmp_path)
 
 
 def test_digits_and_stacked_digits():
-    x, y = common.digits_images()
+    x, y = digits_images()
     assert x.shape == (1797, 1, 8, 8) and x.max() == 255 and set(y.tolist()) == set(range(10))
-    big = common._resize_uint8(x, (32, 32))
-    s = common.StackedDigits(big, y)
+    big = resize_uint8(x, (32, 32))
+    s = StackedDigits(big, y)
     assert s.shape == (3, 32, 32) and len(s) == 50_000
     b = s.batch(torch.arange(4))
     assert b.shape == (4, 3, 32, 32)
@@ -141,13 +144,13 @@ def test_digits_and_stacked_digits():
 
 
 def test_batches_cover_each_epoch_once_and_resume():
-    data = common.Images(torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1))
-    b = common.Batches(data, 6, seed=3, device=torch.device("cpu"))
+    data = Images(torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1))
+    b = Batches(data, 6, seed=3, device=torch.device("cpu"))
     seen = torch.cat([b() for _ in range(3)]).flatten()
     assert len(set(seen.tolist())) == 18  # no repeats within an epoch; the last 2 dropped
     state = b.state()
     nxt = [b() for _ in range(4)]
-    b2 = common.Batches(data, 6, seed=3, device=torch.device("cpu"), state=state)
+    b2 = Batches(data, 6, seed=3, device=torch.device("cpu"), state=state)
     assert all(torch.equal(u, b2()) for u in nxt)
     assert nxt[0].min() >= -1 and nxt[0].max() <= 1
 

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-import common
 import dragan
 import kernels
 from conftest import TINY, HalfSquareCritic, LinearCritic, run_main, run_script
+from ganzoo.data import resolve_data_args
 
 SHAPE = (1, 16, 16)
 
 
 def model(*argv):
     args = dragan.build_parser().parse_args(["--width", "4", "--image-size", "16", *argv])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     return dragan.DRAGAN(args, SHAPE, torch.device("cpu"))
 
 
@@ -52,7 +52,7 @@ def test_flat_critic_known_losses():
     -log ½ - log ½ + λ·(0 - 1)² = 2 log 2 + λ."""
     for lam in (10.0, 3.0):
         torch.manual_seed(0)
-        m = model("--lambda-gp", str(lam))
+        m = model("--gp-lambda", str(lam))
         torch.nn.init.zeros_(m.D.head.weight)
         out = m.train_step(lambda: torch.rand(8, *SHAPE) * 2 - 1)
         assert out["loss_d"].item() == pytest.approx(2 * math.log(2) + lam, abs=1e-5)
@@ -88,7 +88,7 @@ def test_paper_perturbation_is_gaussian_with_variance_c():
 def d_grads(lam):
     """The gradients D's optimizer steps with, on one step from the same seed."""
     torch.manual_seed(0)
-    m = model("--lambda-gp", str(lam))
+    m = model("--gp-lambda", str(lam))
     before = [p.detach().clone() for p in m.D.parameters()]
     grads, step = [], m.opt_d.step
 
@@ -120,8 +120,8 @@ def test_critic_has_no_batch_statistics():
 
 def test_defaults_are_the_authors():
     args = dragan.build_parser().parse_args([])
-    assert (args.lambda_gp, args.perturb, args.beta1, args.beta2) == (10.0, "authors", 0.5, 0.9)
-    assert args.batch_size == 128 and dragan.DEFAULTS["g_lr"] == dragan.DEFAULTS["d_lr"] == 1e-4
+    assert (args.gp_lambda, args.perturb, args.beta1, args.beta2) == (10.0, "authors", 0.5, 0.9)
+    assert args.batch_size == 128 and dragan.HYPERPARAMETERS["g_lr"].default == dragan.HYPERPARAMETERS["d_lr"].default == 1e-4
     assert model().sample_z(1000).abs().max() <= 1  # z ~ U[-1, 1]
 
 
@@ -148,7 +148,7 @@ def test_smoke_subprocess(tmp_path):
         assert np.isfinite(rows[-1][key])
     assert rows[0]["lr_d"] == 1e-4
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["model"] == "dragan" and cfg["lambda_gp"] == 10.0 and cfg["perturb"] == "authors"
+    assert cfg["model"] == "dragan" and cfg["gp_lambda"] == 10.0 and cfg["perturb"] == "authors"
     assert (out / "samples" / "step_000004.png").exists()
 
 

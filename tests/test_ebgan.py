@@ -9,10 +9,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import common
 import ebgan
 import kernels
 from conftest import run_main, run_script
+from ganzoo.cli import image_size
+from ganzoo.data import resolve_data_args
 
 
 def weights(run_dir):
@@ -22,7 +23,7 @@ def weights(run_dir):
 
 def make(*argv, hw=(16, 16), channels=1):
     args = ebgan.build_parser().parse_args(["--width", "4", "--image-size", f"{hw[0]}x{hw[1]}", *argv])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     return ebgan.EBGAN(args, (channels,) + hw, torch.device("cpu"))
 
 
@@ -165,7 +166,7 @@ def test_smoke_subprocess(tmp_path, size):
     for key in ("loss_d", "loss_g", "d_real", "d_fake", "hinge", "pt", "lr_g", "lr_d"):
         assert math.isfinite(rows[-1][key]), key
     assert 0 <= rows[-1]["pt"] <= 1 and rows[-1]["lr_g"] == 1e-3
-    h, w = common.image_size(size)
+    h, w = image_size(size)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["energy"] == "l2" and cfg["margin"] == pytest.approx(10 / 28 * math.sqrt(h * w))
     assert Image.open(out / "samples" / "step_000002.png").size == (8 * (w + 2) + 2, 8 * (h + 2) + 2)

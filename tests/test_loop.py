@@ -14,6 +14,8 @@ from PIL import Image
 import common
 import dcgan
 from conftest import ROOT, TINY, one_error_line, run_main, run_script
+from ganzoo.data import resolve_data_args
+from ganzoo.images import slerp
 
 
 def weights(run_dir):
@@ -70,7 +72,7 @@ def test_dcgan_losses_known_values():
     """With D's output layer zeroed every logit is 0, D(x) = 1/2: the D loss is
     -log(1/2) - log(1/2) = 2 log 2 and the non-saturating G loss is -log(1/2) = log 2."""
     args = dcgan.build_parser().parse_args(["--width", "4", "--image-size", "16"])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     m = dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu"))
     torch.nn.init.zeros_(m.D.head.weight)
     out = m.train_step(lambda: torch.rand(8, 1, 16, 16) * 2 - 1)
@@ -172,10 +174,10 @@ def test_sample_and_interpolate(tmp_path):
 
 def test_slerp_keeps_the_norm_and_ends():
     a, b = torch.randn(5, 100), torch.randn(5, 100)
-    assert torch.allclose(common.slerp(a, b, 0.0), a, atol=1e-5)
-    assert torch.allclose(common.slerp(a, b, 1.0), b, atol=1e-4)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5)
+    assert torch.allclose(slerp(a, b, 1.0), b, atol=1e-4)
     a2, b2 = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
-    assert torch.allclose(common.slerp(a2, b2, 0.3).norm(dim=1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(slerp(a2, b2, 0.3).norm(dim=1), torch.ones(5), atol=1e-5)
 
 
 class NaNAt5(dcgan.DCGAN):

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import common
 import lsgan
 from conftest import TINY, one_error_line, run_main, run_script
+from ganzoo.cli import explicit_flags
+from ganzoo.data import resolve_data_args
 
 
 class MeanPixel(torch.nn.Module):
@@ -24,7 +25,7 @@ class MeanPixel(torch.nn.Module):
 
 def model(*argv):
     args = lsgan.build_parser().parse_args(["--width", "4", "--image-size", "16", *argv])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     return lsgan.LSGAN(args, (1, 16, 16), torch.device("cpu"))
 
 
@@ -63,7 +64,7 @@ def test_defaults_are_the_papers():
     args = lsgan.build_parser().parse_args([])
     assert args.abc == (0.0, 1.0, 1.0)
     assert (args.beta1, args.beta2) == (0.5, 0.999)
-    assert args.batch_size == 64 and lsgan.DEFAULTS["z_dim"] == 1024 and lsgan.DEFAULTS["g_lr"] == 2e-4
+    assert args.batch_size == 64 and lsgan.HYPERPARAMETERS["z_dim"].default == 1024 and lsgan.HYPERPARAMETERS["g_lr"].default == 2e-4
     m = model()
     assert m.sample_z(1000).abs().max() <= 1  # z ~ U[-1, 1], as the authors' code
     assert m.opt_d.param_groups[0]["betas"] == (0.5, 0.999)
@@ -73,7 +74,7 @@ def test_defaults_are_the_papers():
 def test_abc_flag(capsys):
     assert lsgan.build_parser().parse_args(["--abc=-1,1,0"]).abc == (-1.0, 1.0, 0.0)
     assert lsgan.build_parser().parse_args(["--abc", "-1,1,0"]).abc == (-1.0, 1.0, 0.0)  # with a space too
-    assert "abc" in common.explicit_flags(lsgan.build_parser(), ["--abc", "-1,1,0"])
+    assert "abc" in explicit_flags(lsgan.build_parser(), ["--abc", "-1,1,0"])
     assert run_main("lsgan", ["--abc", "1,2"]) == 2
     assert "--abc" in one_error_line(capsys.readouterr().err)
 

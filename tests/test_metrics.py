@@ -11,7 +11,7 @@ import scipy.linalg
 import torch
 
 import evaluate
-import metrics
+from ganzoo import metrics
 from conftest import TINY, one_error_line, run_main, run_script
 
 HW = (32, 32)

@@ -9,16 +9,22 @@ import pytest
 import torch
 
 import common
+from ganzoo import batches, loop
 from conftest import ROOT, TINY, one_error_line, run_main
 
 import dcgan
 import dragan
 import wgan_gp
+from ganzoo.batches import Batches
+from ganzoo.checkpoint import load_checkpoint, model_from_checkpoint
+from ganzoo.data import Images, resolve_data_args
+from ganzoo.loop import one_step
+from ganzoo.scale import autocast, ema_update, prepare_model
 
 
 def _args(module, *extra):
     a = module.build_parser().parse_args(["--image-size", "16", "--width", "4", "--batch-size", "8", *extra])
-    common.resolve_data_args(a)
+    resolve_data_args(a)
     return a
 
 
@@ -33,7 +39,7 @@ def test_ema_update_is_the_moving_average_and_copies_buffers():
     ema = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     before = [p.clone() for p in ema.parameters()]
     net[1].running_mean.fill_(0.25)
-    common.ema_update(ema, net, 0.9)
+    ema_update(ema, net, 0.9)
     for e, b, p in zip(ema.parameters(), before, net.parameters()):
         torch.testing.assert_close(e, 0.9 * b + 0.1 * p)
     assert torch.equal(ema[1].running_mean, torch.full((2,), 0.25))
@@ -43,15 +49,15 @@ def test_ema_decay_ramps_up_in_the_loop():
     """Step t uses min(beta, (1 + t)/(10 + t)): the first update keeps 10 % of the initial G."""
     args = _args(dcgan, "--ema", "0.999")
     torch.manual_seed(0)
-    model = common.prepare_model(dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu")), args, True)
+    model = prepare_model(dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu")), args, True)
     g0 = [p.detach().clone() for p in model.G.parameters()]
     real = lambda: torch.rand(8, 1, 16, 16) * 2 - 1  # noqa: E731
     bad = torch.tensor(-1)
-    common._one_step(model, args, real, torch.autocast("cpu", enabled=False), 0, bad)
+    one_step(model, args, real, torch.autocast("cpu", enabled=False), 0, bad)
     for e, p0, p1 in zip(model.G_ema.parameters(), g0, model.G.parameters()):
         torch.testing.assert_close(e, 0.1 * p0 + 0.9 * p1.detach())
     before = [p.detach().clone() for p in model.G_ema.parameters()]
-    common._one_step(model, args, real, torch.autocast("cpu", enabled=False), 1, bad)  # t = 1: 2/11
+    one_step(model, args, real, torch.autocast("cpu", enabled=False), 1, bad)  # t = 1: 2/11
     for e, b, p in zip(model.G_ema.parameters(), before, model.G.parameters()):
         torch.testing.assert_close(e, 2 / 11 * b + 9 / 11 * p.detach())
 
@@ -67,8 +73,8 @@ def test_ema_is_saved_resumed_exactly_and_used_for_samples(tmp_path, capsys):
         assert torch.equal(a["G_ema"][k], b["G_ema"][k]), k  # the average survives resume bitwise
     w = "net.0.weight"
     assert not torch.equal(a["G_ema"][w], a["G"][w])  # a different network from G
-    ckpt, p = common.load_checkpoint(straight)
-    model = common.model_from_checkpoint(dcgan.DCGAN, ckpt, p, torch.device("cpu"))
+    ckpt, p = load_checkpoint(straight)
+    model = model_from_checkpoint(dcgan.DCGAN, ckpt, p, torch.device("cpu"))
     assert model.generator_for_sampling() is model.G_ema
     assert torch.equal(model.G_ema.state_dict()[w], a["G_ema"][w])
 
@@ -93,7 +99,7 @@ def test_amp_run_trains_and_keeps_finite_scalars(tmp_path, amp):
 
 @pytest.mark.parametrize("native", [False, True])
 def test_amp_on_a_cpu_without_native_half_warns(tmp_path, capsys, monkeypatch, native):
-    monkeypatch.setattr(common, "cpu_has_native", lambda name: native)
+    monkeypatch.setattr(loop, "cpu_has_native", lambda name: native)
     assert run_main("dcgan", TINY + ["--amp", "bf16", "--steps", "1", "--out", tmp_path / "r"]) == 0
     warned = "warning: --amp bf16: this CPU has no native bf16" in capsys.readouterr().err
     assert warned != native
@@ -110,11 +116,11 @@ def test_a_forward_after_an_update_under_amp_uses_the_new_weights(amp):
     for group in model.opt_d.param_groups:
         group["lr"] = 1e-2
     x = torch.rand(8, 1, 16, 16) * 2 - 1
-    with common.autocast(args, cpu):
+    with autocast(args, cpu):
         before = model.D(x).float()
         model.update(model.opt_d, before.mean())
         after = model.D(x).float()
-    with common.autocast(args, cpu):
+    with autocast(args, cpu):
         fresh = model.D(x).float()  # a new region: no cache either way
     assert (after - before).abs().max() > 1e-2
     torch.testing.assert_close(after, fresh, rtol=0, atol=0)
@@ -159,7 +165,7 @@ def test_channels_last_changes_layout_not_results(tmp_path):
     for k in ga:
         torch.testing.assert_close(ga[k].contiguous(), gb[k].contiguous(), rtol=1e-4, atol=1e-5)
     args = _args(dcgan, "--channels-last", "on")
-    model = common.prepare_model(dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu")), args, True)
+    model = prepare_model(dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu")), args, True)
     conv = next(p for p in model.D.parameters() if p.dim() == 4 and p.shape[1] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
@@ -170,7 +176,7 @@ def test_compile_skips_a_critic_that_is_differentiated_twice(monkeypatch, module
     cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, common.GAN)
                and v is not common.GAN)
     args = _args(module, "--compile")
-    model = common.prepare_model(cls(args, (1, 16, 16), torch.device("cpu")), args, True)
+    model = prepare_model(cls(args, (1, 16, 16), torch.device("cpu")), args, True)
     assert model.G._compiled_call_impl is not None
     assert (model.D._compiled_call_impl is not None) == d_compiled
     assert not any("_orig_mod" in k for k in model.G.state_dict())  # checkpoints keep their keys
@@ -188,18 +194,19 @@ def test_compiled_wgan_gp_trains(tmp_path):
 # ---- several ranks ------------------------------------------------------------------------
 
 def _fake_ranks(monkeypatch, r, w):
-    monkeypatch.setattr(common, "rank", lambda: r)
-    monkeypatch.setattr(common, "world", lambda: w)
+    for module in (common, batches):  # the noise draws (GAN) and the batch split
+        monkeypatch.setattr(module, "rank", lambda: r)
+        monkeypatch.setattr(module, "world", lambda: w)
 
 
 def test_ranks_split_the_global_batch_and_the_noise(monkeypatch):
-    data = common.Images(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous())
-    one = common.Batches(data, 8, 3, torch.device("cpu"))
+    data = Images(torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous())
+    one = Batches(data, 8, 3, torch.device("cpu"))
     want = [one() for _ in range(7)]  # crosses an epoch (5 batches of 8)
     halves = []
     for r in (0, 1):
         _fake_ranks(monkeypatch, r, 2)
-        b = common.Batches(data, 4, 3, torch.device("cpu"))
+        b = Batches(data, 4, 3, torch.device("cpu"))
         halves.append([b() for _ in range(7)])
     for i in range(7):
         assert torch.equal(torch.cat([halves[0][i], halves[1][i]]), want[i])
@@ -219,14 +226,14 @@ def test_ranks_split_the_global_batch_and_the_noise(monkeypatch):
 
 
 def test_resume_on_another_number_of_ranks_keeps_the_position(monkeypatch):
-    data = common.Images(torch.zeros(64, 1, 2, 2, dtype=torch.uint8))
+    data = Images(torch.zeros(64, 1, 2, 2, dtype=torch.uint8))
     _fake_ranks(monkeypatch, 0, 2)
-    b = common.Batches(data, 4, 0, torch.device("cpu"))
+    b = Batches(data, 4, 0, torch.device("cpu"))
     for _ in range(3):
         b()
     state = b.state()  # 3 global batches of 8 = 24 images into the epoch
     _fake_ranks(monkeypatch, 0, 1)
-    assert common.Batches(data, 4, 0, torch.device("cpu"), state=state).pos == 6  # 6 batches of 4
+    assert Batches(data, 4, 0, torch.device("cpu"), state=state).pos == 6  # 6 batches of 4
 
 
 def _torchrun(script, nproc, *args, timeout=300):

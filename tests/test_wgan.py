@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-import common
 import wgan
 from conftest import TINY, run_main, run_script
+from ganzoo.data import resolve_data_args
 
 
 def model(*argv, shape=(1, 16, 16)):
     args = wgan.build_parser().parse_args(["--width", "4", "--image-size", "16", *argv])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     return wgan.WGAN(args, shape, torch.device("cpu"))
 
 
@@ -71,7 +71,7 @@ def test_every_critic_parameter_is_clipped():
 
 def test_rmsprop_and_paper_defaults():
     args = wgan.build_parser().parse_args(["--path", "somewhere"])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     assert (args.batch_size, args.z_dim, args.width, args.g_lr, args.d_lr) == (64, 100, 64, 5e-5, 5e-5)
     assert (args.n_critic, args.clip, args.critic_warmup) == (5, 0.01, 100)
     m = model()

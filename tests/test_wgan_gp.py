@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-import common
 import kernels
 import wgan_gp
 from conftest import TINY, HalfSquareCritic, LinearCritic, run_main, run_script
+from ganzoo.data import resolve_data_args
 
 
 def model(*argv, shape=(1, 16, 16)):
     args = wgan_gp.build_parser().parse_args(["--width", "4", "--image-size", "16", "--batch-size", "4", *argv])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     return wgan_gp.WGANGP(args, shape, torch.device("cpu"))
 
 
@@ -111,7 +111,7 @@ def test_critic_has_no_batchnorm_and_scores_each_sample_alone(arch, norm):
 
 def test_adam_and_paper_defaults():
     args = wgan_gp.build_parser().parse_args(["--path", "somewhere"])
-    common.resolve_data_args(args)
+    resolve_data_args(args)
     assert (args.batch_size, args.z_dim, args.width, args.g_lr, args.d_lr) == (64, 128, 64, 1e-4, 1e-4)
     assert (args.gp_lambda, args.n_critic, args.arch, args.critic_norm) == (10.0, 5, "dcgan", "layer")
     m = model()

@@ -19,7 +19,7 @@ papers. FD is Heusel et al. 2017's distance (the FID formula) and KID Binkowski 
 2018's unbiased MMD^2 with the cubic polynomial kernel, both on this classifier's features,
 so their values are comparable within this project only, not with published FID/KID.
 
-    import metrics
+    from ganzoo import metrics
     scorer = metrics.Scorer("stacked-digits", (32, 32))
     scorer(fake)       # fake: float (N, 3, 32, 32) in [-1, 1] -> {"modes": ..., "kl": ..., ...}
 """
@@ -36,7 +36,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
+from .cli import size_str
+from .data import load_data
+from .errors import UserError
 
 VERSION = "v1"        # bump when the classifier or its training changes: old cache files are ignored
 CLASSIFIER_SEED = 0
@@ -79,7 +81,7 @@ def cache_dir() -> Path:
 
 def real_digits(hw) -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as the GANs see them: float (N, 1, H, W) in [-1, 1], and labels."""
-    data = common.load_data(argparse.Namespace(dataset="digits", image_size=tuple(hw), channels=1, batch_size=1))
+    data = load_data(argparse.Namespace(dataset="digits", image_size=tuple(hw), channels=1, batch_size=1))
     return data.x.float() / 127.5 - 1, data.labels
 
 
@@ -144,7 +146,7 @@ def classifier(hw, seed: int = CLASSIFIER_SEED) -> tuple[DigitNet, float]:
     """The classifier for images of size hw: from the cache file, else trained and saved
     there. Once per process; the file is loaded with weights_only=True."""
     hw = tuple(hw)
-    path = cache_dir() / f"digit-classifier-{VERSION}-{common.size_str(hw)}-seed{seed}.pt"
+    path = cache_dir() / f"digit-classifier-{VERSION}-{size_str(hw)}-seed{seed}.pt"
     if path.is_file():
         net = _new_net(seed)
         try:
@@ -242,7 +244,7 @@ class Scorer:
     def __init__(self, dataset: str, hw, device=torch.device("cpu"), n: int | None = None,
                  seed: int = CLASSIFIER_SEED):
         if dataset not in DATASETS:
-            raise common.UserError(f"quality metrics work on the digits and stacked-digits data sets only "
+            raise UserError(f"quality metrics work on the digits and stacked-digits data sets only "
                                    f"(the judge is a digit classifier), not on {dataset}")
         self.dataset, self.hw, self.device = dataset, tuple(hw), device
         net, self.accuracy = classifier(self.hw, seed)
@@ -260,7 +262,7 @@ class Scorer:
     def real(self, n: int, seed: int = 0) -> torch.Tensor:
         """n real images (n, C, H, W) in [-1, 1] drawn at random with replacement (a fixed
         draw for each seed; seed 0 is the stacked-digits reference)."""
-        data = common.load_data(argparse.Namespace(dataset=self.dataset, image_size=self.hw, batch_size=1,
+        data = load_data(argparse.Namespace(dataset=self.dataset, image_size=self.hw, batch_size=1,
                                                    channels=1 if self.dataset == "digits" else 3))
         idx = torch.randint(0, len(data), (n,), generator=torch.Generator().manual_seed(seed))
         return data.batch(idx).float() / 127.5 - 1

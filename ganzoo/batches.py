@@ -1,0 +1,84 @@
+"""Batches of real images: endless, shuffled, the same on resume, split over torchrun ranks."""
+from __future__ import annotations
+
+import torch
+
+from .data import Images, StackedDigits, StreamedFolder, collate_skip
+from .errors import UserError
+from .scale import rank, world
+
+
+class Batches:
+    """Endless shuffled batches of real images as float (B, C, H, W) in [-1, 1].
+
+    Epoch e visits the data in the order randperm(N) seeded by (seed, e), and drops the last
+    incomplete batch, so the position (epoch, batch) is the whole state: a resumed run draws
+    exactly the batches the uninterrupted run would have. Calling the object gives the next
+    batch; `images` counts the real images served (for images/s).
+    """
+
+    def __init__(self, data, batch_size, seed, device, state=None, channels_last=False):
+        self.data, self.bs, self.seed, self.device = data, batch_size, seed, device
+        # Under torchrun each position is a global batch of world()·B images, of which rank r
+        # takes the r-th B: K ranks of batch B see what one process of batch K·B sees.
+        self.rank, self.world = rank(), world()
+        self.epoch, self.pos = (state["epoch"], state["pos"]) if state else (0, 0)
+        saved_batch = state.get("global_batch", batch_size) if state else batch_size * self.world
+        if saved_batch != batch_size * self.world:  # resumed on another number of ranks K
+            self.pos = self.pos * saved_batch // (batch_size * self.world)
+        self.channels_last = channels_last
+        self.images, self.skipped = 0, getattr(data, "skipped", 0)
+        self.per_epoch = len(data) // (batch_size * self.world)
+        if self.per_epoch == 0:
+            raise UserError(f"--batch-size {batch_size}" + (f" on {self.world} ranks" if self.world > 1 else "")
+                            + f" is larger than the data set ({len(data)} images)")
+        self._loader_iter = None
+        self._x = None
+        if isinstance(data, Images) and not isinstance(data, StackedDigits):
+            self._x = data.x
+            if device.type == "cuda":  # keep the decoded uint8 data on the GPU when it fits
+                free, _ = torch.cuda.mem_get_info(device)
+                if data.x.numel() < 0.25 * free:
+                    self._x = data.x.to(device)
+                else:
+                    self._x = data.x.pin_memory()
+        self._perm = None
+
+    def state(self):
+        return {"epoch": self.epoch, "pos": self.pos, "global_batch": self.bs * self.world}
+
+    def _mine(self, order, pos):
+        """This rank's B indices of global batch `pos` of an epoch's order."""
+        start = (pos * self.world + self.rank) * self.bs
+        return order[start:start + self.bs]
+
+    def _order(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.data), generator=g)
+
+    def _streamed(self):
+        order = self._order()
+        batches = [self._mine(order, i).tolist() for i in range(self.pos, self.per_epoch)]
+        return iter(torch.utils.data.DataLoader(
+            self.data.ds, batch_sampler=batches, num_workers=self.data.workers, collate_fn=collate_skip,
+            pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4
+            if self.data.workers else None))
+
+    def __call__(self) -> torch.Tensor:
+        if self.pos >= self.per_epoch:
+            self.epoch, self.pos, self._perm, self._loader_iter = self.epoch + 1, 0, None, None
+        if isinstance(self.data, StreamedFolder):
+            if self._loader_iter is None:
+                self._loader_iter = self._streamed()
+            x, bad = next(self._loader_iter)
+            self.skipped += bad
+        else:
+            if self._perm is None:
+                self._perm = self._order()
+            idx = self._mine(self._perm, self.pos)
+            x = self._x[idx.to(self._x.device)] if self._x is not None else self.data.batch(idx)
+        self.pos += 1
+        self.images += len(x) * self.world
+        x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+

@@ -1,0 +1,120 @@
+"""Checkpoints: one file, checkpoint.pt, written atomically; tensors and plain values only,
+loaded with torch.load(weights_only=True), so opening one never runs code. It carries its own
+config, so that a resumed run and a sampler rebuild the same model."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .scale import prepare_model
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def plain(v):
+    """A value as JSON and weights_only loading keep it (tuples become lists)."""
+    return list(v) if isinstance(v, tuple) else v
+
+
+def renames(hypers: dict) -> dict:
+    """{old config key: new key} for the flags whose spelling changed (a model's Hyper.aliases)."""
+    return {a.lstrip("-").replace("-", "_"): k for k, h in hypers.items() for a in h.aliases}
+
+
+def upgrade_config(config: dict, hypers: dict) -> dict:
+    """A checkpoint's config with old flag names under their new names (in place)."""
+    for old, new in renames(hypers).items():
+        if old in config and new not in config:
+            config[new] = config.pop(old)
+    return config
+
+
+def save_checkpoint(path: Path, model, step: int, batches, fixed_z, config: dict) -> None:
+    """Atomically: write a temporary file beside it, flush it to disk, then rename."""
+    ckpt = {
+        "model": model.name,
+        "step": step,
+        "config": config,
+        "shape": list(model.shape),
+        "nets": {k: m.state_dict() for k, m in model.networks().items()},
+        "optimizers": {k: o.state_dict() for k, o in model.optimizers().items()},
+        "extra": model.extra_state(),
+        "scalers": {k: sc.state_dict() for k, sc in model.scalers.items()},  # --amp fp16
+        "data": batches.state(),
+        "fixed_z": fixed_z.cpu(),
+        # the CUDA state of this process's own GPU: under torchrun every rank runs the same
+        # stream on its own device (cuda:local_rank), and each restores it there on resume
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def checkpoint_path(path_or_dir: str) -> Path:
+    p = Path(path_or_dir)
+    if p.is_dir():
+        p = p / CHECKPOINT
+    if not p.is_file():
+        raise UserError(f"{path_or_dir}: no checkpoint there (expected a checkpoint.pt or a run directory holding one)")
+    return p
+
+
+def load_checkpoint(path_or_dir: str, name: str | None = None) -> tuple[dict, Path]:
+    """Load with weights_only=True (opening a checkpoint never runs code) and check that it
+    belongs to the model `name` (any model when None)."""
+    p = checkpoint_path(path_or_dir)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torn, truncated, foreign or doctored files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{p}: not a readable checkpoint ({first[:120]})")
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "nets" not in ckpt:
+        raise UserError(f"{p}: not a checkpoint written by this project")
+    if name is not None and ckpt["model"] != name:
+        raise UserError(f"{p} is a {ckpt['model']} checkpoint; use {ckpt['model']}.py for it, not {name}.py")
+    return ckpt, p
+
+
+def restore(model, ckpt: dict, p: Path) -> None:
+    """The networks, optimizers, the model's own state and the fp16 scalers of a checkpoint."""
+    try:
+        for k, m in model.networks().items():
+            m.load_state_dict(ckpt["nets"][k])
+        for k, o in model.optimizers().items():
+            if k in ckpt.get("optimizers", {}):
+                o.load_state_dict(ckpt["optimizers"][k])
+        model.load_extra_state(ckpt.get("extra", {}))
+        for k, sc in model.scalers.items():
+            if k in ckpt.get("scalers", {}):
+                sc.load_state_dict(ckpt["scalers"][k])
+    except (KeyError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise UserError(f"{p}: does not fit this model's networks ({first[:150]})")
+
+
+def restore_rng(ckpt: dict, device: torch.device) -> None:
+    """The random state of the process that wrote the checkpoint (CPU, and this GPU's)."""
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    cuda_rng = ckpt["rng"]["cuda"]
+    if isinstance(cuda_rng, list):  # older checkpoints: every GPU's state; the run's own was cuda:0
+        cuda_rng = cuda_rng[0] if cuda_rng else None
+    if device.type == "cuda" and cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+
+
+def model_from_checkpoint(model_cls, ckpt: dict, p: Path, device):
+    """The model a checkpoint describes (its own config), networks restored, for sampling."""
+    cfg = argparse.Namespace(**upgrade_config(dict(ckpt["config"]), model_cls.hyperparameters))
+    cfg.image_size = tuple(cfg.image_size)
+    model = prepare_model(model_cls(cfg, tuple(ckpt["shape"]), device), cfg, for_training=False)
+    restore(model, ckpt, p)
+    return model

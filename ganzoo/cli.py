@@ -1,0 +1,233 @@
+"""The command line: the flags every script shares, the declaration of a model's own
+hyperparameters (each declared once: paper default, small-data value, source, help), the
+argparse types, and which flags a resumed run may change."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .data import DATASETS
+
+# Values such as "-1,1,0" (LSGAN's --abc) and "-0.5" are values, not flags.
+NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.,eE+-]*$")
+
+# Flags that may change when a run is resumed; every other flag comes from the checkpoint.
+RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "data_memory_gb", "path", "log_every", "eval_every",
+                   "sample_every", "checkpoint_every", "no_progress", "resume", "sample", "n",
+                   "interpolate", "amp", "channels_last", "compile", "sync_bn"}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default unless its help already states it."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "default" not in h and action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            h += " (default: %(default)s)"
+        return h
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with negative-number values (--abc -1,1,0) and a one-line error, exit 2."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._negative_number_matcher = NEGATIVE_VALUE
+
+    def error(self, message):  # one line, exit 2 (argparse prints usage + message)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# ---- argparse types ---------------------------------------------------------------------
+
+def image_size(text: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '128x256' -> (128, 256) as (H, W). Sides: powers of two >= 16."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"image size {text!r} is not H or HxW, e.g. 64 or 128x256")
+    h = int(m.group(1))
+    w = int(m.group(2)) if m.group(2) else h
+    for side in (h, w):
+        if side < 16 or side & (side - 1):
+            raise argparse.ArgumentTypeError(
+                f"image size {text!r}: each side must be a power of two from 16 up (16, 32, 64, ...)")
+    return (h, w)
+
+
+def size_str(hw) -> str:
+    h, w = hw
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def positive_int(text):
+    """An argparse type: 1, 2, 3, ..."""
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return v
+
+
+def non_negative_int(text):
+    """An argparse type: 0, 1, 2, ... (0 usually turns a feature off)."""
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a count (0 or more)")
+    return v
+
+
+def non_negative(text):
+    """An argparse type: a number >= 0."""
+    v = float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return v
+
+
+def ema_beta(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not an EMA decay in [0, 1) (e.g. 0.999; 0 turns it off)")
+    return v
+
+
+# ---- a model's hyperparameters ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hyper:
+    """One hyperparameter of a model, declared once in its model file: its paper default,
+    its value on the built-in digits data (`small`, None: the same), where the default comes
+    from when it is not the paper, its one-line help, and old spellings of its flag."""
+    default: Any
+    help: str = ""  # the shared flags (batch_size, steps, ...) have theirs in SHARED
+    small: Any = None
+    source: str = "the paper's"
+    type: Callable | None = None  # None: the type of the default (or SHARED's)
+    choices: tuple | None = None
+    metavar: str | None = None
+    aliases: tuple = ()  # old spellings, e.g. ("--lambda-gp",): still accepted, and read from old checkpoints
+
+
+# The model flags every script has: (help, type). A model declares their defaults.
+SHARED = {
+    "batch_size": ("images per batch", positive_int),
+    "steps": ("total generator updates of the run (a resumed run continues to this total)", positive_int),
+    "z_dim": ("latent dimensions", positive_int),
+    "width": ("base channel width of the networks", positive_int),
+    "g_lr": ("generator learning rate", float),
+    "d_lr": ("discriminator / critic learning rate", float),
+}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def hyper_help(h: Hyper, text: str) -> str:
+    """The help line: the text, then the default, its source and the small-data value."""
+    text = text.replace("%", "%%")  # argparse %-formats help strings
+    if h.default is None:  # a derived default: the text says what it is
+        return text + (f" ({h.small} on the built-in digits data)" if h.small is not None else "")
+    small = f"; {h.small} on the built-in digits data" if h.small is not None else ""
+    default = ",".join(f"{v:g}" for v in h.default) if isinstance(h.default, tuple) else h.default
+    return f"{text} (default {default}, {h.source}{small})"
+
+
+def add_hyper(group, name: str, h: Hyper, help_text: str, type_=None) -> None:
+    kw = dict(dest=name, type=h.type or type_ or type(h.default), help=hyper_help(h, help_text),
+              default=None if h.small is not None else h.default)
+    if h.choices:
+        kw["choices"] = h.choices
+    if h.metavar:
+        kw["metavar"] = h.metavar
+    group.add_argument(flag(name), *h.aliases, **kw)
+
+
+def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
+    """The parser of a model script: the shared flags, with the model's defaults for the
+    SHARED ones, and the model's own flags in a group named `title`. A Hyper with a `small`
+    value gets default None here; resolve_data_args() fills it in from the data set."""
+    small = {k: h.small for k, h in hypers.items() if h.small is not None}
+    p = Parser(description=doc.strip().split("\n\n")[0], formatter_class=HelpFormatter,
+               epilog="Every default is the paper's unless its help says otherwise.")
+    p.set_defaults(_small=small, _paper={k: hypers[k].default for k in small})
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="data source (default: digits, or folder when --path is given); nothing is downloaded")
+    g.add_argument("--path", type=str, default=None,
+                   help="folder of images (searched recursively), or the folder holding the MNIST IDX / CIFAR-10 files")
+    g.add_argument("--image-size", type=image_size, default=None,
+                   help="H or HxW, sides powers of two >= 16 (default: 32 for digits/mnist/cifar10, 64 for a folder)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="image channels (default: 1 for digits/mnist, 3 for stacked-digits/cifar10/folder)")
+    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="processes that decode a folder of images")
+    g.add_argument("--data-memory-gb", type=float, default=None,
+                   help="keep the decoded data set in memory when it takes at most this (default: half the RAM)")
+    g = p.add_argument_group("model and optimisation (defaults are this model's paper values unless noted)")
+    for name, (text, type_) in SHARED.items():
+        add_hyper(g, name, hypers[name], text, type_)
+    g.add_argument("--seed", type=int, default=0, help="seed (same seed, same CPU run, same weights)")
+    g = p.add_argument_group(title)
+    for name, h in hypers.items():
+        if name not in SHARED:
+            add_hyper(g, name, h, h.help)
+    _run_flags(p)
+    return p
+
+
+def _run_flags(p) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto picks cuda, then mps, then cpu")
+    g.add_argument("--out", type=str, default=None,
+                   help="run directory (default runs/<model>/<timestamp>); with --sample, the output file")
+    g.add_argument("--resume", type=str, default=None, metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="continue a run from its checkpoint up to --steps in total")
+    g.add_argument("--log-every", type=positive_int, default=50, help="steps between metrics lines")
+    g.add_argument("--sample-every", type=positive_int, default=250, help="steps between sample grids")
+    g.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    g.add_argument("--eval-every", type=int, default=0,
+                   help="steps between quality metrics (evaluate.py) in metrics.jsonl; 0: off; digits data sets only")
+    g = p.add_argument_group("speed and scale (none changes a model's equations)")
+    g.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
+                   help="mixed precision: autocast the forward passes (fp16 with a gradient scaler); "
+                        "gradient penalties stay in fp32")
+    g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="channels_last memory format for networks and batches (auto: on with CUDA)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks (not a critic that a gradient penalty differentiates twice)")
+    g.add_argument("--ema", type=ema_beta, default=0.0, metavar="BETA",
+                   help="keep an exponential moving average of G's weights with this decay (e.g. 0.999) and "
+                        "use it for samples and evaluation; 0: off")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: synchronise BatchNorm statistics across ranks (CUDA only)")
+    g = p.add_argument_group("sampling from a checkpoint")
+    g.add_argument("--sample", type=str, default=None, metavar="CHECKPOINT",
+                   help="write a grid of samples from a checkpoint (or run directory) and exit")
+    g.add_argument("--n", type=positive_int, default=64, help="samples in the grid (walks with --interpolate)")
+    g.add_argument("--interpolate", action="store_true",
+                   help="with --sample: write a GIF walking the latent space by spherical interpolation")
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The destinations of the flags the user actually typed (not defaults)."""
+    shadow = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    shadow._negative_number_matcher = NEGATIVE_VALUE
+    for action in parser._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            kwargs = dict(dest=action.dest, default=argparse.SUPPRESS)
+            if action.nargs == 0:
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["nargs"] = action.nargs
+            shadow.add_argument(*action.option_strings, **kwargs)
+    ns, _ = shadow.parse_known_args(argv)
+    return set(vars(ns))

@@ -1,0 +1,368 @@
+"""The data sources, each decoded once into a uint8 tensor (N, C, H, W): scikit-learn's
+digits, stacked-digits (three digits in R, G, B: 1,000 modes), MNIST IDX files, CIFAR-10
+batches, and a folder of images (any format PIL reads; streamed by DataLoader workers when it
+does not fit in memory)."""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import pickle
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .logs import progress
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+DATASETS = ("digits", "stacked-digits", "folder", "mnist", "cifar10")
+BUILTIN = ("digits", "stacked-digits")  # the data sets that come with the project (scikit-learn's digits)
+# Seed of the built-in data sets (the stacked-digits triples): fixed, so that the data
+# set is the same whatever --seed a run uses, as a downloaded data set would be.
+DATA_SEED = 1234
+
+
+def default_image_size(dataset: str) -> tuple[int, int]:
+    return (64, 64) if dataset == "folder" else (32, 32)
+
+
+def default_channels(dataset: str) -> int:
+    return 1 if dataset in ("digits", "mnist") else 3
+
+
+def resolve_data_args(args) -> None:
+    """Fill in dataset, image_size and channels from each other (in place)."""
+    if args.dataset is None:
+        args.dataset = "folder" if args.path else "digits"
+    if args.dataset in ("folder", "mnist", "cifar10") and not args.path:
+        raise UserError(f"--dataset {args.dataset} needs --path (nothing is downloaded)")
+    if args.image_size is None:
+        args.image_size = default_image_size(args.dataset)
+    args.image_size = tuple(args.image_size)
+    if args.channels is None:
+        args.channels = default_channels(args.dataset)
+    builtin = args.dataset in BUILTIN
+    for k, v in getattr(args, "_small", {}).items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v if builtin else args._paper[k])
+
+
+def resize_uint8(x: torch.Tensor, hw, chunk=4096) -> torch.Tensor:
+    """Resize a uint8 (N, C, h, w) tensor to (N, C, H, W): bilinear, antialiased."""
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    out = []
+    for i in range(0, len(x), chunk):
+        y = F.interpolate(x[i:i + chunk].float(), size=tuple(hw), mode="bilinear",
+                          align_corners=False, antialias=True)
+        out.append(y.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def set_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    if x.shape[1] == channels:
+        return x
+    if channels == 3:  # grey -> RGB
+        return x.expand(-1, 3, -1, -1).contiguous()
+    # RGB -> grey with the ITU-R 601 luma weights PIL uses
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def digits_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 real 8x8 handwritten digits as uint8 (N, 1, 8, 8), and labels."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.from_numpy(d.images).float() * (255.0 / 16.0)  # pixel values 0..16
+    return x.round().to(torch.uint8).unsqueeze(1), torch.from_numpy(d.target).long()
+
+
+class Images:
+    """An in-memory image data set: uint8 (N, C, H, W), optional labels."""
+
+    def __init__(self, x: torch.Tensor, labels=None, skipped: int = 0, source: str = ""):
+        self.x, self.labels, self.skipped, self.source = x, labels, skipped, source
+
+    def __len__(self):
+        return len(self.x)
+
+    @property
+    def shape(self):
+        return tuple(self.x.shape[1:])
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.x[idx]
+
+
+class StackedDigits(Images):
+    """Three independent digits in the R, G and B channels: 10^3 = 1,000 modes, the offline
+    twin of Stacked MNIST (Metz et al. 2016; Srivastava et al. 2017, VEEGAN). Each sample is
+    a fixed random triple of digit indices; batches are composed on the fly."""
+
+    def __init__(self, digits: torch.Tensor, labels: torch.Tensor, n: int = 50_000):
+        g = torch.Generator().manual_seed(DATA_SEED)
+        self.triples = torch.randint(0, len(digits), (n, 3), generator=g)  # (N, 3)
+        self.digits = digits[:, 0]  # (M, H, W)
+        super().__init__(None, labels[self.triples], source="stacked-digits")
+
+    def __len__(self):
+        return len(self.triples)
+
+    @property
+    def shape(self):
+        return (3,) + tuple(self.digits.shape[-2:])
+
+    def batch(self, idx):
+        return self.digits[self.triples[idx]]  # (B, 3, H, W)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("not an unsigned-byte IDX file")
+        dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        return arr.reshape(dims)
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise UserError(f"{path}: cannot read this IDX file ({e})")
+
+
+def _find(root: Path, names) -> Path | None:
+    for name in names:
+        for cand in (root / name, root / (name + ".gz")):
+            if cand.is_file():
+                return cand
+        hits = sorted(root.rglob(name)) + sorted(root.rglob(name + ".gz"))
+        if hits:
+            return hits[0]
+    return None
+
+
+def load_mnist(root: Path) -> Images:
+    """The MNIST IDX files (gzipped or not; Fashion-MNIST works the same). Training uses the
+    60,000 training images, and the 10,000 test images too when their file is present."""
+    train = _find(root, ["train-images-idx3-ubyte", "train-images.idx3-ubyte"])
+    if train is None:
+        raise UserError(f"{root}: no MNIST file train-images-idx3-ubyte[.gz] found; put the IDX files "
+                        "from the MNIST or Fashion-MNIST site there")
+    parts, labels = [_read_idx(train)], []
+    tl = _find(root, ["train-labels-idx1-ubyte", "train-labels.idx1-ubyte"])
+    test = _find(root, ["t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"])
+    if test is not None:
+        parts.append(_read_idx(test))
+    x = torch.from_numpy(np.concatenate(parts)).unsqueeze(1)  # (N, 1, 28, 28)
+    lab = None
+    tsl = _find(root, ["t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"])
+    if tl is not None and (test is None or tsl is not None):
+        labels = [_read_idx(tl)] + ([_read_idx(tsl)] if test is not None else [])
+        lab = torch.from_numpy(np.concatenate(labels).astype(np.int64))
+        if len(lab) != len(x):
+            lab = None
+    return Images(x, lab, source=str(root))
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles: allow only what they hold (numpy arrays), so that a
+    doctored file cannot run code."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def load_cifar10(root: Path) -> Images:
+    """The CIFAR-10 'python version' batches data_batch_1..5 (and test_batch if present)."""
+    files = []
+    for i in range(1, 6):
+        f = _find(root, [f"data_batch_{i}"])
+        if f is None:
+            raise UserError(f"{root}: CIFAR-10 file data_batch_{i} not found; unpack "
+                            "cifar-10-python.tar.gz there (the folder cifar-10-batches-py)")
+        files.append(f)
+    test = _find(root, ["test_batch"])
+    if test is not None:
+        files.append(test)
+    xs, ys = [], []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                d = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
+            raise UserError(f"{f}: not a CIFAR-10 python batch ({e})")
+    return Images(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)),
+                  source=str(root))
+
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def decode_image(path, hw, channels: int):
+    """One image file -> uint8 array (C, H, W), or None when it cannot be read.
+
+    Any PIL mode is converted: grey, RGB, RGBA and LA (alpha composited over white),
+    palette, CMYK, 16-bit and 32-bit integer and float greys (scaled to 8 bits). The image
+    is centre-cropped to the aspect ratio of `hw` and resized (bicubic); JPEGs are decoded
+    at a reduced scale first when they are much larger than the target (PIL's draft mode).
+    """
+    from PIL import Image, ImageOps
+    H, W = hw
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still covers the crop
+                iw, ih = img.size
+                s = max(W / iw, H / ih)  # the crop keeps at least this fraction of each side
+                img.draft(img.mode, (math.ceil(iw * s), math.ceil(ih * s)))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _to_8bit(img)
+            iw, ih = img.size
+            scale = min(iw / W, ih / H)  # centre crop of the target's aspect ratio
+            cw, ch = W * scale, H * scale
+            box = ((iw - cw) / 2, (ih - ch) / 2, (iw + cw) / 2, (ih + ch) / 2)
+            img = img.resize((W, H), Image.BICUBIC, box=box)
+            img = img.convert("L" if channels == 1 else "RGB")
+            arr = np.array(img, dtype=np.uint8)  # a writable copy
+    except Exception:  # noqa: BLE001 - any unreadable image is skipped and counted
+        return None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _to_8bit(img):
+    """A PIL image in any mode -> 'L' or 'RGB' (8 bits a channel)."""
+    from PIL import Image
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float grey
+        a = np.asarray(img, dtype=np.float64)
+        top = 1.0 if img.mode == "F" and a.max(initial=0) <= 1.0 else 255.0 if a.max(initial=0) <= 255 \
+            else 65535.0 if a.max(initial=0) <= 65535 else float(a.max())
+        return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, img).convert("RGB")
+    return img.convert("RGB")
+
+
+class FolderFiles(torch.utils.data.Dataset):
+    """Decodes one image file per item (used by DataLoader workers)."""
+
+    def __init__(self, files, hw, channels):
+        self.files, self.hw, self.channels = files, hw, channels
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        arr = decode_image(self.files[i], self.hw, self.channels)
+        return None if arr is None else torch.from_numpy(arr)
+
+
+def collate_skip(items):
+    good = [t for t in items if t is not None]
+    x = torch.stack(good) if good else torch.empty(0, dtype=torch.uint8)
+    return x, len(items) - len(good)
+
+
+def memory_budget(args) -> float:
+    if args.data_memory_gb is not None:
+        return args.data_memory_gb * 2**30
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+class StreamedFolder:
+    """A folder too large for memory: DataLoader workers decode each batch."""
+
+    def __init__(self, files, hw, channels, workers):
+        self.ds = FolderFiles(files, hw, channels)
+        self.workers = workers
+        self.shape = (channels,) + tuple(hw)
+        self.labels, self.skipped, self.source = None, 0, "folder (streamed)"
+
+    def __len__(self):
+        return len(self.ds)
+
+
+def load_folder(root: Path, hw, channels, workers, budget) -> Images | StreamedFolder:
+    if not root.exists():
+        raise UserError(f"--path {root}: no such folder")
+    if not root.is_dir():
+        raise UserError(f"--path {root}: not a folder")
+    files = list_images(root)
+    if not files:
+        raise UserError(f"--path {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
+    nbytes = len(files) * channels * hw[0] * hw[1]
+    if nbytes > budget:
+        print(f"data: {len(files)} images take {nbytes / 2**30:.1f} GiB decoded, over the memory budget "
+              f"(--data-memory-gb); decoding each batch with {workers} workers", file=sys.stderr)
+        return StreamedFolder(files, hw, channels, workers)
+    loader = torch.utils.data.DataLoader(FolderFiles(files, hw, channels), batch_size=256,
+                                         num_workers=workers if len(files) > 512 else 0,
+                                         collate_fn=collate_skip)
+    chunks, skipped = [], 0
+    for x, bad in progress(loader, desc=f"decoding {len(files)} images", unit="batch"):
+        chunks.append(x)
+        skipped += bad
+    chunks = [c for c in chunks if len(c)]
+    if not chunks:
+        raise UserError(f"--path {root}: none of its {len(files)} image files could be read")
+    x = torch.cat(chunks)
+    return Images(x, None, skipped=skipped, source=str(root))
+
+
+def load_data(args):
+    """The data set named by the (resolved) arguments, decoded once."""
+    hw, c = args.image_size, args.channels
+    if args.dataset in BUILTIN:
+        x, y = digits_images()
+        x = resize_uint8(x, hw)
+        if args.dataset == "digits":
+            data = Images(set_channels(x, c), y, source="digits")
+        else:
+            if c != 3:
+                raise UserError("stacked-digits has 3 channels (one digit in each); drop --channels")
+            data = StackedDigits(x, y)
+    elif args.dataset == "mnist":
+        root = check_dir(args.path)
+        data = load_mnist(root)
+        data.x = set_channels(resize_uint8(data.x, hw), c)
+    elif args.dataset == "cifar10":
+        root = check_dir(args.path)
+        data = load_cifar10(root)
+        data.x = set_channels(resize_uint8(data.x, hw), c)
+    else:
+        data = load_folder(Path(args.path), hw, c, args.workers, memory_budget(args))
+    if args.batch_size > len(data):
+        raise UserError(f"--batch-size {args.batch_size} is larger than the data set ({len(data)} images); "
+                        "use a smaller batch")
+    return data
+
+
+def check_dir(path) -> Path:
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"--path {path}: no such folder")
+    return root
+
+

@@ -1,0 +1,9 @@
+"""The two ways a run ends early; common.main() turns each into one line and an exit status."""
+
+
+class UserError(Exception):
+    """Bad input: main() prints the message as one line and exits with status 2."""
+
+
+class Diverged(Exception):
+    """A NaN or infinite loss: main() prints the message and exits with status 1."""

@@ -1,0 +1,75 @@
+"""Scoring with the metrics of ganzoo.metrics: a model's samples or the real data, one row
+each; the --eval-every callback of the training loop; rows as a markdown table."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from . import metrics
+from .checkpoint import CHECKPOINT, checkpoint_path
+from .cli import size_str
+from .errors import UserError
+from .sample import generate_n
+
+METRICS = ("classes", "modes", "kl", "confident", "fd", "kid")
+
+
+@functools.lru_cache(maxsize=None)
+def scorer(dataset: str, hw: tuple, device: torch.device) -> metrics.Scorer:
+    """One Scorer per data set, size and device in a process (its reference is costly)."""
+    return metrics.Scorer(dataset, hw, device)
+
+
+def training_evaluator(args, device):
+    """The --eval-every callback of ganzoo.loop.train(): evaluator(sample_fn) -> {metric:
+    float}, where sample_fn(n) returns n generated images (n, C, H, W) in [-1, 1]. Raises
+    UserError when the data set is not digits or stacked-digits."""
+    s = scorer(args.dataset, tuple(args.image_size), device)
+    return lambda sample_fn: s(sample_fn(s.n))
+
+
+def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, seed: int = 0) -> dict:
+    """One row: where, model, step, data, then the metrics of n samples of the model restored
+    from `ckpt` (default n: the data set's, 2,000 for digits and 26,000 for stacked-digits)."""
+    cfg = ckpt["config"]
+    s = scorer(cfg["dataset"], tuple(cfg["image_size"]), device)
+    n = n or s.n
+    return {"checkpoint": where, "model": ckpt["model"], "step": ckpt["step"],
+            "dataset": cfg["dataset"], "image_size": size_str(cfg["image_size"]), "n": n,
+            **s(generate_n(model, n, seed))}
+
+
+def evaluate_real(dataset: str, hw, device=torch.device("cpu"), n: int | None = None, seed: int = 1) -> dict:
+    """The sanity row: n real images drawn at random (another draw than the stacked-digits
+    reference's) scored against the reference: the best a generator can expect at this n."""
+    s = scorer(dataset, tuple(hw), device)
+    n = n or s.n
+    return {"checkpoint": "(real data)", "model": "real data", "step": 0, "dataset": dataset,
+            "image_size": size_str(hw), "n": n, **s(s.real(n, seed))}
+
+
+def fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def markdown(rows: list[dict], columns) -> str:
+    cols = [c for c in columns if any(c in r for r in rows)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def find_checkpoints(paths) -> list[Path]:
+    """Each path: a checkpoint, a run directory, or a folder searched for checkpoints."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir() and not (p / CHECKPOINT).is_file():
+            found = sorted(p.rglob(CHECKPOINT))
+            if not found:
+                raise UserError(f"{p}: no {CHECKPOINT} in it or below it")
+            out += found
+        else:
+            out.append(checkpoint_path(p))
+    return out

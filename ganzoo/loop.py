@@ -1,0 +1,245 @@
+"""The training loop: a new run or a resumed one, one generator update a step, and every few
+steps a metrics row, a grid, an evaluation, a checkpoint; Ctrl-C and SIGTERM save and stop,
+a NaN stops without overwriting the last good checkpoint. Under torchrun every rank runs this
+same loop; only rank 0 writes (the others get logs.NoWriter). Side jobs come in as callbacks:
+the loop never imports what it calls for --eval-every."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import torch
+
+from .batches import Batches
+from .checkpoint import load_checkpoint, plain, restore, restore_rng, upgrade_config
+from .cli import RESUMABLE_FLAGS
+from .data import BUILTIN, load_data, resolve_data_args
+from .errors import Diverged, UserError
+from .images import grid
+from .logs import NoWriter, RunWriter, new_run_dir
+from .sample import generate, generate_n
+from .scale import (agree, autocast, channels_last, cpu_has_native, ema_update, finite, init_distributed,
+                    pick_device, prepare_model, rank, world)
+
+
+def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
+    """Train `model_cls` (a common.GAN) on the data the arguments name; returns the exit
+    status. make_evaluator(args, device), when given, makes the --eval-every callback:
+    evaluator(sample_fn) -> {metric: value}, sample_fn(n) -> n generated images."""
+    ckpt, ckpt_file = resume_settings(model_cls, args, explicit)  # (None, None) for a new run
+    resolve_data_args(args)
+    device = setup_device(args)
+    data = load_data(args)
+    model = prepare_model(model_cls(args, tuple(data.shape), device), args, for_training=True)
+    start, fixed_z = restore_run(model, ckpt, ckpt_file, tuple(data.shape))
+    batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None,
+                      channels_last=channels_last(args, device))
+    amp = autocast(args, device)
+    if args.eval_every and args.dataset not in BUILTIN:  # before the ranks part ways
+        raise UserError(f"--eval-every: quality metrics work on the digits and stacked-digits data sets only "
+                        f"(the judge is a digit classifier), not on {args.dataset}")
+    run_dir = Path(args.out) if args.out else new_run_dir(model.name)
+    lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
+    out = RunWriter(run_dir, run_config(args, model, data), start, ckpt is not None, args.no_progress) \
+        if lead else NoWriter()
+    evaluator = make_evaluator(args, device) if lead and args.eval_every and make_evaluator else None
+    out.say(describe(model, args, data, device, start, run_dir))
+    if start >= args.steps:
+        out.say(f"the checkpoint is at step {start}, already at --steps {args.steps}; nothing to train")
+        return 0
+
+    step, meter, last_good = start, Meter(batches), (start if ckpt else None)
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite scalar
+    stop_all = False  # under torchrun: some rank was asked to stop (agreed at the sync points)
+
+    def due(every):
+        return step % every == 0 or step == args.steps
+
+    def save() -> bool:  # never overwrites a good checkpoint with a diverged model
+        nonlocal last_good
+        if int(bad_step) >= 0 or not finite(model):
+            return False
+        out.checkpoint(model, step, batches, fixed_z)
+        last_good = step
+        return True
+
+    def diverged() -> str:
+        where = f"{out.checkpoint_path} (step {last_good})" if last_good is not None else "none was written yet"
+        return (f"{model.name}: a loss became NaN or infinite at step {int(bad_step)} (stopped at step {step}); "
+                f"last good checkpoint: {where}. Try a lower learning rate, or resume from it with another --seed")
+
+    out.start_bar(args.steps, start, model.name)
+    with StopFlag() as stop, closing(out):
+        while step < args.steps:
+            scalars, bad_step = one_step(model, args, batches, amp, step, bad_step)
+            step += 1
+            meter.add(scalars)
+            out.bar.update(1)
+            if due(args.log_every) or due(args.checkpoint_every):  # the only points that wait for the device
+                bad_step, stop_all = agree(bad_step, stop.hit)
+                if int(bad_step) >= 0:
+                    raise Diverged(diverged())
+            if due(args.log_every):
+                out.row(meter.row(step, model))
+            if due(args.sample_every):
+                out.grid(step, lambda: grid(generate(model, fixed_z)))
+            if evaluator and due(args.eval_every):
+                out.row({"step": step, **evaluator(lambda n: generate_n(model, n, args.seed))}, tag="eval/")
+            if due(args.checkpoint_every) and not save():
+                raise Diverged(diverged())
+            if stop.hit if world() == 1 else stop_all:
+                break
+    if (stop.hit or stop_all) and step < args.steps:
+        if not save():
+            out.say(diverged())
+            return 1
+        out.say(f"interrupted at step {step}; saved {out.checkpoint_path}. Continue with --resume {run_dir} "
+                f"--steps {args.steps}")
+    out.finish(f"{model.name}: done, step {step}; samples in {run_dir / 'samples'}, checkpoint {out.checkpoint_path}")
+    return 0
+
+
+def resume_settings(model_cls, args, explicit: set[str]):
+    """With --resume: the checkpoint and its path, and args set to the checkpoint's settings
+    (except the flags a resumed run may change); a changed setting is refused. Else (None, None)."""
+    if not args.resume:
+        return None, None
+    ckpt, ckpt_file = load_checkpoint(args.resume, model_cls.name)
+    saved = upgrade_config(ckpt["config"], model_cls.hyperparameters)
+    changed = sorted(k for k in explicit - RESUMABLE_FLAGS if k in saved and plain(getattr(args, k)) != plain(saved[k]))
+    if changed:
+        raise UserError(f"{ckpt_file}: was trained with --{changed[0].replace('_', '-')} "
+                        f"{saved[changed[0]]!r}; a resumed run keeps its settings (drop the flag, or start a new run)")
+    for k, v in saved.items():
+        if k not in explicit or k not in RESUMABLE_FLAGS:
+            setattr(args, k, tuple(v) if k == "image_size" and v is not None else v)
+    args.resume = str(ckpt_file)
+    if "out" not in explicit:
+        args.out = str(ckpt_file.parent)
+    return ckpt, ckpt_file
+
+
+def setup_device(args) -> torch.device:
+    """This process's device (its rank's under torchrun), the --amp checks, the seed."""
+    device = init_distributed(args) or pick_device(args.device)
+    if args.amp != "off" and device.type == "mps":
+        raise UserError("--amp: autocast on Apple GPUs is not supported here (use --amp off)")
+    if args.amp != "off" and device.type == "cpu" and rank() == 0 and not cpu_has_native(args.amp):
+        print(f"warning: --amp {args.amp}: this CPU has no native {args.amp} arithmetic, so autocast emulates it "
+              "and trains far slower than fp32 (DCGAN about 20x slower on an AVX2 processor; benchmarks/train_speed.py)",
+              file=sys.stderr)
+    torch.manual_seed(args.seed)  # the same on every rank: the ranks draw one global stream
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def restore_run(model, ckpt, ckpt_file, shape):
+    """(first step, the fixed z of the grids): 0 and a fresh z, or the checkpoint's with its
+    networks, optimizers and random state restored."""
+    g = torch.Generator().manual_seed(model.args.seed + 1)
+    fixed_z = model.sample_z(64, generator=g, device=torch.device("cpu"))
+    if ckpt is None:
+        return 0, fixed_z.to(model.device)
+    if list(ckpt["shape"]) != list(shape):
+        raise UserError(f"{ckpt_file}: trained on images of shape {tuple(ckpt['shape'])}, this data gives {shape}")
+    restore(model, ckpt, ckpt_file)
+    restore_rng(ckpt, model.device)
+    return int(ckpt["step"]), ckpt["fixed_z"].to(model.device)
+
+
+def run_config(args, model, data) -> dict:
+    """config.json and the checkpoint's config: every flag, and what the run was (plain values only)."""
+    config = {k: plain(v) for k, v in vars(args).items() if not k.startswith("_")}
+    config.update(model=model.name, shape=list(model.shape), data_size=len(data), torch=str(torch.__version__),
+                  ranks=world())
+    return json.loads(json.dumps(config))  # plain values only: weights_only loading accepts them
+
+
+def describe(model, args, data, device, start, run_dir) -> str:
+    info = (f"{model.name}: {len(data)} images {tuple(data.shape)} from {data.source}, device {device}, "
+            f"steps {start}->{args.steps}, run dir {run_dir}")
+    if args.compile and model.double_backward:
+        info += "; --compile: G only (the gradient penalty differentiates D twice, which compiled graphs cannot)"
+    if world() > 1:
+        info += f"; {world()} ranks of batch {args.batch_size} (global batch {world() * args.batch_size})"
+    if data.skipped:
+        info += f"; skipped {data.skipped} unreadable image(s)"
+    return info
+
+
+def one_step(model, args, batches: Batches, amp, step: int, bad_step: torch.Tensor):
+    """Generator update number step + 1 (with the EMA after it). Returns the scalars {name:
+    0-d fp32 tensor} and bad_step: the first step whose scalars were not finite (-1: none),
+    kept on the device so that no step waits for it."""
+    model.step = step  # generator updates done so far (schedules read it)
+    with amp:
+        scalars = model.train_step(batches)
+    if model.G_ema is not None:
+        # the decay ramps up as in TensorFlow's ExponentialMovingAverage(num_updates): at 0.999 a
+        # fixed decay would still hold 37 % of the initial weights after 1,000 steps
+        ema_update(model.G_ema, model.G, min(args.ema, (1 + step) / (10 + step)))
+    vals = torch.stack([v.detach().float().reshape(()) for v in scalars.values()])
+    bad_step = torch.where((bad_step < 0) & ~torch.isfinite(vals).all(),
+                           torch.tensor(step + 1, device=bad_step.device), bad_step)
+    return dict(zip(scalars, vals)), bad_step
+
+
+class Meter:
+    """Each scalar's sum since the last row (on the device: read only when a row is made),
+    and the images and time since then."""
+
+    def __init__(self, batches: Batches):
+        self.batches = batches
+        self.reset()
+
+    def reset(self):
+        self.sums, self.n, self.t0, self.images0 = {}, 0, time.perf_counter(), self.batches.images
+
+    def add(self, scalars: dict) -> None:
+        for k, v in scalars.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n += 1
+
+    def row(self, step: int, model) -> dict:
+        """The metrics row: each scalar's mean, the learning rates, images/s, steps/s; then reset."""
+        dt = time.perf_counter() - self.t0
+        row = {"step": step, **{k: round(float(v) / self.n, 6) for k, v in self.sums.items()}}
+        for name, opt in model.optimizers().items():
+            row[f"lr_{name.lower()}"] = opt.param_groups[0]["lr"]
+        row["images_per_s"] = round((self.batches.images - self.images0) / dt, 1)
+        row["steps_per_s"] = round(self.n / dt, 3)
+        if self.batches.skipped:
+            row["skipped_images"] = self.batches.skipped
+        self.reset()
+        return row
+
+
+class StopFlag:
+    """Ctrl-C (SIGINT) or SIGTERM sets the flag; the loop saves a checkpoint after the step
+    in flight and exits 0. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.hit = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handler(self, signum, frame):
+        if self.hit and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

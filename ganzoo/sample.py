@@ -1,0 +1,63 @@
+"""Samples from a model: grids and n-sample batches with the networks in eval mode, and the
+--sample command (a grid, or a GIF walking the latent space) from a checkpoint."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .images import grid, save_gif, save_png, slerp
+from .scale import pick_device
+
+
+@torch.no_grad()
+def generate(model, z: torch.Tensor) -> torch.Tensor:
+    """Samples with the networks in eval mode (BatchNorm's running statistics), so that
+    drawing a grid changes no state of the run."""
+    G = model.generator_for_sampling()
+    was = G.training
+    G.eval()
+    try:
+        return G(z)
+    finally:
+        G.train(was)
+
+
+def generate_n(model, n: int, seed: int = 0, batch: int = 500) -> torch.Tensor:
+    """n samples (n, C, H, W) on the CPU, from z drawn by a generator of their own (so that
+    evaluating during training leaves the run's random state, and so resume, untouched)."""
+    g = torch.Generator().manual_seed(seed + 2)
+    out = []
+    for i in range(0, n, batch):
+        z = model.sample_z(min(batch, n - i), generator=g, device=torch.device("cpu"))
+        out.append(generate(model, z.to(model.device)).float().cpu())
+    return torch.cat(out)
+
+
+def sample(model_cls, args) -> int:
+    """--sample CHECKPOINT: a grid of --n samples (sample.png), or with --interpolate a GIF of
+    --n latent walks through four random points and back (walk.gif), beside the checkpoint
+    unless --out names the file."""
+    ckpt, p = load_checkpoint(args.sample, model_cls.name)
+    device = pick_device(args.device)
+    model = model_from_checkpoint(model_cls, ckpt, p, device)
+    g = torch.Generator().manual_seed(args.seed)
+    if args.interpolate:
+        out = Path(args.out or p.parent / "walk.gif")
+        keys = [model.sample_z(args.n, generator=g, device=torch.device("cpu")) for _ in range(4)]
+        keys.append(keys[0])  # loop back to the start
+        frames = []
+        for a, b in zip(keys[:-1], keys[1:]):
+            for t in np.linspace(0, 1, 16, endpoint=False):
+                frames.append(grid(generate(model, slerp(a, b, float(t)).to(device))))
+        save_gif(frames, out, ms=80)
+    else:
+        out = Path(args.out or p.parent / "sample.png")
+        z = model.sample_z(args.n, generator=g, device=torch.device("cpu")).to(device)
+        save_png(grid(generate(model, z)), out)
+    print(f"wrote {out} ({args.n} {'walks' if args.interpolate else 'samples'} from step {ckpt['step']})",
+          file=sys.stderr)
+    return 0
