@@ -19,10 +19,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
-from ganzoo.batches import Batches
-from ganzoo.cli import image_size, size_str
-from ganzoo.data import list_images, load_folder
+from ganzoo.batches import Batches  # noqa: E402
+from ganzoo.cli import image_size, size_str  # noqa: E402
+from ganzoo.data import list_images, load_folder  # noqa: E402
 
 
 def make_jpegs(root: Path, n: int, seed=0):

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import dcgan  # noqa: E402
-from ganzoo.data import load_data, resolve_data_args
-from ganzoo.loop import train
+from ganzoo.data import load_data, resolve_data_args  # noqa: E402
 
 
 def bare(steps, device, argv):

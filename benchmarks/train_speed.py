@@ -33,10 +33,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
-from ganzoo.batches import Batches
-from ganzoo.data import Images
-from ganzoo.loop import one_step
-from ganzoo.scale import autocast, channels_last, pick_device, prepare_model
+from ganzoo.batches import Batches  # noqa: E402
+from ganzoo.data import Images  # noqa: E402
+from ganzoo.loop import one_step  # noqa: E402
+from ganzoo.scale import autocast, channels_last, pick_device, prepare_model  # noqa: E402
 
 MODELS = ("dcgan", "lsgan", "wgan", "wgan_gp", "dragan", "ebgan", "began")
 SETTINGS = {

@@ -20,14 +20,12 @@ import os
 import torch
 
 from .gradient_penalty import GradientPenaltyFunction, gradient_penalty_reference
-from .gradient_penalty import _gp_fwd_kernel, triton
+from .gradient_penalty import INTERPRETED, triton
 from .pullaway import PullawayFunction, check_batch, pullaway_reference
 
 __all__ = ["gradient_penalty", "pullaway", "last_path", "gradient_penalty_reference", "pullaway_reference"]
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Triton decides when a kernel is defined (at import) whether it compiles it or interprets it.
-INTERPRETED = triton is not None and type(_gp_fwd_kernel).__name__ == "InterpretedFunction"
 _last_path = None
 
 

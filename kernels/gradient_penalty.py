@@ -33,7 +33,7 @@ except ImportError:  # macOS, Windows: no Triton
     triton = None
 jit = triton.jit if triton else (lambda fn: fn)
 
-BLOCK_D = 2048     # elements per load
+BLOCK_COLS = 2048  # elements per load, at most
 PROGRAMS = 1024    # rows are split into chunks until there are about this many programs ...
 MIN_CHUNK = 4096   # ... each reading at least this many elements
 
@@ -47,77 +47,117 @@ def gradient_penalty_reference(grad: torch.Tensor, target: float = 1.0) -> torch
 
 
 @jit
-def _gp_fwd_kernel(G, SUMSQ, D, CHUNK, BLOCK: tl.constexpr):
-    # sum of squares of one chunk of one row of g, in fp32
+def _gp_fwd_kernel(
+    GRAD_ptr,
+    SUMSQ_ptr,
+    n_cols,
+    chunk_size,
+    BLOCK: tl.constexpr,
+):
+    """sumsq[n, c] = sum_{j in chunk c} g[n, j]^2, in fp32.
+
+    Grid (n_rows, n_chunks): program (n, c) reads columns [c * chunk_size, (c + 1) * chunk_size)
+    of row n of g (n_rows, n_cols), contiguous, so n_cols is also its row stride.
+    """
     n, c = tl.program_id(0), tl.program_id(1)
-    row = G + n.to(tl.int64) * D
-    start = c * CHUNK
+    row = GRAD_ptr + n.to(tl.int64) * n_cols
+    start = c * chunk_size
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for off in range(start, tl.minimum(start + CHUNK, D), BLOCK):
+    for off in range(start, tl.minimum(start + chunk_size, n_cols), BLOCK):
         cols = off + tl.arange(0, BLOCK)
-        x = tl.load(row + cols, mask=cols < D, other=0.0).to(tl.float32)
+        x = tl.load(row + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
         acc += x * x
-    tl.store(SUMSQ + n * tl.num_programs(1) + c, tl.sum(acc))
+    tl.store(SUMSQ_ptr + n * tl.num_programs(1) + c, tl.sum(acc))
 
 
 @jit
-def _gp_loss_kernel(SUMSQ, NORM, LOSS, N, C, target, BLOCK_N: tl.constexpr):
-    # the norms ||g_i|| from the chunk sums (saved for the backward), then mean_i (||g_i|| - t)^2
+def _gp_loss_kernel(
+    SUMSQ_ptr,
+    NORM_ptr,
+    LOSS_ptr,
+    n_rows,
+    n_chunks,
+    target,
+    BLOCK_N: tl.constexpr,
+):
+    """norm[n] = sqrt(sum_c sumsq[n, c]);  loss = 1/n_rows sum_n (norm[n] - target)^2.
+
+    One program. The norms are stored for the backward; the loss is stored in LOSS_ptr's dtype.
+    """
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for off in range(0, N, BLOCK_N):
+    for off in range(0, n_rows, BLOCK_N):
         rows = off + tl.arange(0, BLOCK_N)
-        mask = rows < N
+        mask = rows < n_rows
         sumsq = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for c in range(0, C):
-            sumsq += tl.load(SUMSQ + rows * C + c, mask=mask, other=0.0)
+        for c in range(0, n_chunks):
+            sumsq += tl.load(SUMSQ_ptr + rows * n_chunks + c, mask=mask, other=0.0)
         norm = tl.sqrt_rn(sumsq)
-        tl.store(NORM + rows, norm, mask=mask)
+        tl.store(NORM_ptr + rows, norm, mask=mask)
         acc += tl.where(mask, (norm - target) * (norm - target), 0.0)
-    tl.store(LOSS, (tl.sum(acc) / N).to(LOSS.dtype.element_ty))
+    tl.store(LOSS_ptr, (tl.sum(acc) / n_rows).to(LOSS_ptr.dtype.element_ty))
 
 
 @jit
-def _gp_bwd_kernel(G, NORM, GO, DG, N, D, CHUNK, target, BLOCK: tl.constexpr):
-    # dg_i = go * 2 (||g_i|| - t) / (N ||g_i||) * g_i over one chunk of one row (0 for a zero row)
+def _gp_bwd_kernel(
+    GRAD_ptr,
+    NORM_ptr,
+    GRAD_OUT_ptr,
+    DGRAD_ptr,
+    n_rows,
+    n_cols,
+    chunk_size,
+    target,
+    BLOCK: tl.constexpr,
+):
+    """dg[n, j] = grad_out * 2 (norm[n] - target) / (n_rows * norm[n]) * g[n, j]  (0 where norm[n] = 0).
+
+    Grid (n_rows, n_chunks): program (n, c) writes columns [c * chunk_size, (c + 1) * chunk_size)
+    of row n; grad_out is the upstream scalar gradient, dg is stored in DGRAD_ptr's dtype.
+    """
     n, c = tl.program_id(0), tl.program_id(1)
-    norm = tl.load(NORM + n)
-    go = tl.load(GO).to(tl.float32)
-    scale = tl.where(norm > 0, go * 2 * (norm - target) / (N * tl.where(norm > 0, norm, 1.0)), 0.0)
-    row, drow = G + n.to(tl.int64) * D, DG + n.to(tl.int64) * D
-    start = c * CHUNK
-    for off in range(start, tl.minimum(start + CHUNK, D), BLOCK):
+    norm = tl.load(NORM_ptr + n)
+    go = tl.load(GRAD_OUT_ptr).to(tl.float32)
+    scale = tl.where(norm > 0, go * 2 * (norm - target) / (n_rows * tl.where(norm > 0, norm, 1.0)), 0.0)
+    row, drow = GRAD_ptr + n.to(tl.int64) * n_cols, DGRAD_ptr + n.to(tl.int64) * n_cols
+    start = c * chunk_size
+    for off in range(start, tl.minimum(start + chunk_size, n_cols), BLOCK):
         cols = off + tl.arange(0, BLOCK)
-        x = tl.load(row + cols, mask=cols < D, other=0.0).to(tl.float32)
-        tl.store(drow + cols, (scale * x).to(DG.dtype.element_ty), mask=cols < D)
+        x = tl.load(row + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        tl.store(drow + cols, (scale * x).to(DGRAD_ptr.dtype.element_ty), mask=cols < n_cols)
 
 
-def _chunks(N: int, D: int):
-    """(elements per load, elements per program, programs per row) for N rows of length D."""
-    block = min(BLOCK_D, triton.next_power_of_2(D))
-    n_chunks = max(1, min(triton.cdiv(PROGRAMS, N), triton.cdiv(D, MIN_CHUNK)))
-    chunk = triton.cdiv(triton.cdiv(D, n_chunks), block) * block
-    return block, chunk, triton.cdiv(D, chunk)
+# Triton decides when a kernel is defined (at import) whether it compiles it or interprets it.
+INTERPRETED = triton is not None and type(_gp_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _chunks(n_rows: int, n_cols: int):
+    """(elements per load, elements per program, programs per row) for n_rows rows of length n_cols."""
+    block = min(BLOCK_COLS, triton.next_power_of_2(n_cols))
+    n_chunks = max(1, min(triton.cdiv(PROGRAMS, n_rows), triton.cdiv(n_cols, MIN_CHUNK)))
+    chunk_size = triton.cdiv(triton.cdiv(n_cols, n_chunks), block) * block
+    return block, chunk_size, triton.cdiv(n_cols, chunk_size)
 
 
 def gradient_penalty_forward(g: torch.Tensor, target: float):
     """g: (N, D) contiguous. Returns the penalty (a scalar of g's dtype) and the norms (N,) fp32."""
-    N, D = g.shape
-    block, chunk, n_chunks = _chunks(N, D)
-    sumsq = torch.empty(N, n_chunks, dtype=torch.float32, device=g.device)  # (N, C)
-    _gp_fwd_kernel[(N, n_chunks)](g, sumsq, D, chunk, BLOCK=block)
-    norm = torch.empty(N, dtype=torch.float32, device=g.device)  # (N,)
+    n_rows, n_cols = g.shape
+    block, chunk_size, n_chunks = _chunks(n_rows, n_cols)
+    sumsq = torch.empty(n_rows, n_chunks, dtype=torch.float32, device=g.device)  # (N, C)
+    _gp_fwd_kernel[(n_rows, n_chunks)](g, sumsq, n_cols, chunk_size, BLOCK=block)
+    norm = torch.empty(n_rows, dtype=torch.float32, device=g.device)  # (N,)
     loss = torch.empty((), dtype=g.dtype, device=g.device)
-    _gp_loss_kernel[(1,)](sumsq, norm, loss, N, n_chunks, float(target),
-                          BLOCK_N=min(1024, triton.next_power_of_2(N)))
+    _gp_loss_kernel[(1,)](sumsq, norm, loss, n_rows, n_chunks, float(target),
+                          BLOCK_N=min(1024, triton.next_power_of_2(n_rows)))
     return loss, norm
 
 
 def gradient_penalty_backward(go: torch.Tensor, g: torch.Tensor, norm: torch.Tensor, target: float):
     """d penalty / d g for the upstream scalar gradient go; g: (N, D), norm: (N,). Returns (N, D)."""
-    N, D = g.shape
-    block, chunk, n_chunks = _chunks(N, D)
+    n_rows, n_cols = g.shape
+    block, chunk_size, n_chunks = _chunks(n_rows, n_cols)
     dg = torch.empty_like(g)  # (N, D)
-    _gp_bwd_kernel[(N, n_chunks)](g, norm, go.contiguous(), dg, N, D, chunk, float(target), BLOCK=block)
+    _gp_bwd_kernel[(n_rows, n_chunks)](g, norm, go.contiguous(), dg, n_rows, n_cols, chunk_size, float(target),
+                                       BLOCK=block)
     return dg
 
 

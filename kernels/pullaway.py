@@ -62,74 +62,124 @@ def pullaway_reference(emb: torch.Tensor) -> torch.Tensor:
 
 
 @jit
-def _pullaway_fwd_kernel(S, DOTS, SQ, N, D, CHUNK, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # one tile of S S^T and the rows' squared norms over one chunk of D (split-K partial sums)
+def _pullaway_fwd_kernel(
+    EMB_ptr,
+    DOTS_ptr,
+    SUMSQ_ptr,
+    n_rows,
+    n_cols,
+    chunk_size,
+    BLOCK_N: tl.constexpr,
+    BLOCK_COLS: tl.constexpr,
+):
+    """dots[k, i, j] = sum_{d in chunk k} s[i, d] s[j, d];  sumsq[k, i] = sum_{d in chunk k} s[i, d]^2.
+
+    Split-K partial sums in fp32 (IEEE dot products) over s (n_rows, n_cols), contiguous.
+    Grid (tiles, tiles, n_splits): program (pi, pj, k) computes one (BLOCK_N, BLOCK_N) tile of
+    s s^T over columns [k * chunk_size, (k + 1) * chunk_size); the pj == 0 column also stores sumsq.
+    """
     pi, pj, k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i = pi * BLOCK_N + tl.arange(0, BLOCK_N)
     j = pj * BLOCK_N + tl.arange(0, BLOCK_N)
     dots = tl.zeros([BLOCK_N, BLOCK_N], dtype=tl.float32)
     sq = tl.zeros([BLOCK_N], dtype=tl.float32)
-    start = k * CHUNK
-    for d0 in range(start, tl.minimum(start + CHUNK, D), BLOCK_D):
-        d = d0 + tl.arange(0, BLOCK_D)
-        si = tl.load(S + i[:, None] * D + d[None, :], mask=(i[:, None] < N) & (d[None, :] < D), other=0.0)
-        sj = tl.load(S + j[None, :] * D + d[:, None], mask=(j[None, :] < N) & (d[:, None] < D), other=0.0)
-        si, sj = si.to(tl.float32), sj.to(tl.float32)  # (BN, BD), and rows j transposed (BD, BN)
+    start = k * chunk_size
+    for d0 in range(start, tl.minimum(start + chunk_size, n_cols), BLOCK_COLS):
+        d = d0 + tl.arange(0, BLOCK_COLS)
+        si = tl.load(EMB_ptr + i[:, None] * n_cols + d[None, :],
+                     mask=(i[:, None] < n_rows) & (d[None, :] < n_cols), other=0.0)
+        sj = tl.load(EMB_ptr + j[None, :] * n_cols + d[:, None],
+                     mask=(j[None, :] < n_rows) & (d[:, None] < n_cols), other=0.0)
+        si, sj = si.to(tl.float32), sj.to(tl.float32)  # (BN, BC), and rows j transposed (BC, BN)
         dots = tl.dot(si, sj, dots, input_precision="ieee")
         sq += tl.sum(si * si, axis=1)
-    tl.store(DOTS + k * N * N + i[:, None] * N + j[None, :], dots, mask=(i[:, None] < N) & (j[None, :] < N))
+    tl.store(DOTS_ptr + k * n_rows * n_rows + i[:, None] * n_rows + j[None, :], dots,
+             mask=(i[:, None] < n_rows) & (j[None, :] < n_rows))
     if pj == 0:
-        tl.store(SQ + k * N + i, sq, mask=i < N)
+        tl.store(SUMSQ_ptr + k * n_rows + i, sq, mask=i < n_rows)
 
 
 @jit
-def _pullaway_cos_kernel(DOTS, SQ, G, RHO, PARTIAL, N, SPLITS, scale, eps, BLOCK_N: tl.constexpr):
-    # one tile of the cosines G_ij = S_i . S_j / (rho_i rho_j) from the chunk sums, and
-    # scale * its squared off-diagonal sum
+def _pullaway_cos_kernel(
+    DOTS_ptr,
+    SUMSQ_ptr,
+    COS_ptr,
+    RHO_ptr,
+    PARTIAL_ptr,
+    n_rows,
+    n_splits,
+    scale,
+    eps,
+    BLOCK_N: tl.constexpr,
+):
+    """rho[i] = max(sqrt(sum_k sumsq[k, i]), eps);  cos[i, j] = sum_k dots[k, i, j] / (rho[i] rho[j]);
+    partial[pi, pj] = scale * sum_{(i, j) in tile (pi, pj), i != j} cos[i, j]^2.
+
+    Grid (tiles, tiles): program (pi, pj) stores one (BLOCK_N, BLOCK_N) tile of cos (n_rows, n_rows)
+    and its share of the loss; the pj == 0 column also stores rho.
+    """
     pi, pj = tl.program_id(0), tl.program_id(1)
     i = pi * BLOCK_N + tl.arange(0, BLOCK_N)
     j = pj * BLOCK_N + tl.arange(0, BLOCK_N)
-    inside = (i[:, None] < N) & (j[None, :] < N)
+    inside = (i[:, None] < n_rows) & (j[None, :] < n_rows)
     dots = tl.zeros([BLOCK_N, BLOCK_N], dtype=tl.float32)
     sq_i = tl.zeros([BLOCK_N], dtype=tl.float32)
     sq_j = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for k in range(0, SPLITS):
-        dots += tl.load(DOTS + k * N * N + i[:, None] * N + j[None, :], mask=inside, other=0.0)
-        sq_i += tl.load(SQ + k * N + i, mask=i < N, other=0.0)
-        sq_j += tl.load(SQ + k * N + j, mask=j < N, other=0.0)
+    for k in range(0, n_splits):
+        dots += tl.load(DOTS_ptr + k * n_rows * n_rows + i[:, None] * n_rows + j[None, :], mask=inside, other=0.0)
+        sq_i += tl.load(SUMSQ_ptr + k * n_rows + i, mask=i < n_rows, other=0.0)
+        sq_j += tl.load(SUMSQ_ptr + k * n_rows + j, mask=j < n_rows, other=0.0)
     rho_i = tl.maximum(tl.sqrt_rn(sq_i), eps)
     rho_j = tl.maximum(tl.sqrt_rn(sq_j), eps)
     cos = dots / (rho_i[:, None] * rho_j[None, :])  # (BN, BN)
-    tl.store(G + i[:, None] * N + j[None, :], cos, mask=inside)
+    tl.store(COS_ptr + i[:, None] * n_rows + j[None, :], cos, mask=inside)
     if pj == 0:
-        tl.store(RHO + i, rho_i, mask=i < N)
+        tl.store(RHO_ptr + i, rho_i, mask=i < n_rows)
     cos2 = tl.where(inside & (i[:, None] != j[None, :]), cos * cos, 0.0)
-    tl.store(PARTIAL + pi * tl.num_programs(1) + pj, tl.sum(cos2) * scale)
+    tl.store(PARTIAL_ptr + pi * tl.num_programs(1) + pj, tl.sum(cos2) * scale)
 
 
 @jit
-def _pullaway_bwd_kernel(S, G, RHO, GO, DS, N, D, scale, eps,
-                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # one (BLOCK_N, BLOCK_D) tile of dS = k / rho_i * (sum_{j != i} G_ij u_j - s_i u_i)
+def _pullaway_bwd_kernel(
+    EMB_ptr,
+    COS_ptr,
+    RHO_ptr,
+    GRAD_OUT_ptr,
+    DEMB_ptr,
+    n_rows,
+    n_cols,
+    scale,
+    eps,
+    BLOCK_N: tl.constexpr,
+    BLOCK_COLS: tl.constexpr,
+):
+    """ds[i, d] = k / rho[i] * (sum_{j != i} cos[i, j] u[j, d] - c2[i] u[i, d]),
+    with u = s / rho, k = 4 grad_out scale, c2[i] = sum_{j != i} cos[i, j]^2 (0 where rho[i] <= eps).
+
+    Grid (cdiv(n_rows, BLOCK_N), cdiv(n_cols, BLOCK_COLS)): one (BLOCK_N, BLOCK_COLS) tile of ds,
+    stored in DEMB_ptr's dtype; grad_out is the upstream scalar gradient.
+    """
     i = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)  # sum_{j != i} G_ij u_j
-    s = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum_{j != i} G_ij^2
-    for j0 in range(0, N, BLOCK_N):
+    d = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
+    acc = tl.zeros([BLOCK_N, BLOCK_COLS], dtype=tl.float32)  # sum_{j != i} cos_ij u_j
+    c2 = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum_{j != i} cos_ij^2
+    for j0 in range(0, n_rows, BLOCK_N):
         j = j0 + tl.arange(0, BLOCK_N)
-        off = (i[:, None] < N) & (j[None, :] < N) & (i[:, None] != j[None, :])
-        g = tl.load(G + i[:, None] * N + j[None, :], mask=off, other=0.0)  # (BN, BN)
-        s += tl.sum(g * g, axis=1)
-        rho_j = tl.load(RHO + j, mask=j < N, other=1.0)
-        sj = tl.load(S + j[:, None] * D + d[None, :], mask=(j[:, None] < N) & (d[None, :] < D), other=0.0)
-        acc = tl.dot(g / rho_j[None, :], sj.to(tl.float32), acc, input_precision="ieee")
-    rho_i = tl.load(RHO + i, mask=i < N, other=1.0)
-    si = tl.load(S + i[:, None] * D + d[None, :], mask=(i[:, None] < N) & (d[None, :] < D), other=0.0)
-    s = tl.where(rho_i > eps, s, 0.0)  # inside the EPS clamp rho_i is constant: no radial term
-    k = 4 * tl.load(GO).to(tl.float32) * scale
-    ds = (k / rho_i)[:, None] * (acc - (s / rho_i)[:, None] * si.to(tl.float32))
-    tl.store(DS + i[:, None] * D + d[None, :], ds.to(DS.dtype.element_ty),
-             mask=(i[:, None] < N) & (d[None, :] < D))
+        off = (i[:, None] < n_rows) & (j[None, :] < n_rows) & (i[:, None] != j[None, :])
+        cos = tl.load(COS_ptr + i[:, None] * n_rows + j[None, :], mask=off, other=0.0)  # (BN, BN)
+        c2 += tl.sum(cos * cos, axis=1)
+        rho_j = tl.load(RHO_ptr + j, mask=j < n_rows, other=1.0)
+        sj = tl.load(EMB_ptr + j[:, None] * n_cols + d[None, :],
+                     mask=(j[:, None] < n_rows) & (d[None, :] < n_cols), other=0.0)
+        acc = tl.dot(cos / rho_j[None, :], sj.to(tl.float32), acc, input_precision="ieee")
+    rho_i = tl.load(RHO_ptr + i, mask=i < n_rows, other=1.0)
+    si = tl.load(EMB_ptr + i[:, None] * n_cols + d[None, :],
+                 mask=(i[:, None] < n_rows) & (d[None, :] < n_cols), other=0.0)
+    c2 = tl.where(rho_i > eps, c2, 0.0)  # inside the EPS clamp rho_i is constant: no radial term
+    k = 4 * tl.load(GRAD_OUT_ptr).to(tl.float32) * scale
+    ds = (k / rho_i)[:, None] * (acc - (c2 / rho_i)[:, None] * si.to(tl.float32))
+    tl.store(DEMB_ptr + i[:, None] * n_cols + d[None, :], ds.to(DEMB_ptr.dtype.element_ty),
+             mask=(i[:, None] < n_rows) & (d[None, :] < n_cols))
 
 
 def _block(n: int, cap: int) -> int:
@@ -140,33 +190,35 @@ def _block(n: int, cap: int) -> int:
 def pullaway_forward(s: torch.Tensor):
     """s: (N, D) contiguous. Returns the loss (a scalar of s's dtype), the cosines G (N, N) and
     the clamped norms rho (N,), both fp32."""
-    N, D = s.shape
-    check_batch(N)
-    block_n = _block(N, 128) if N <= 128 else 64  # one tile up to N = 128
-    block_d = _block(D, 32 if block_n == 128 else 64)
-    tiles = triton.cdiv(N, block_n)
-    # split D so that tiles^2 * splits programs fill the GPU, each reading at least MIN_CHUNK
-    splits = max(1, min(PROGRAMS // tiles**2, triton.cdiv(D, MIN_CHUNK)))
-    chunk = triton.cdiv(triton.cdiv(D, splits), block_d) * block_d
-    splits = triton.cdiv(D, chunk)
+    n_rows, n_cols = s.shape
+    check_batch(n_rows)
+    block_n = _block(n_rows, 128) if n_rows <= 128 else 64  # one tile up to N = 128
+    block_cols = _block(n_cols, 32 if block_n == 128 else 64)
+    tiles = triton.cdiv(n_rows, block_n)
+    # split D so that tiles^2 * n_splits programs fill the GPU, each reading at least MIN_CHUNK
+    n_splits = max(1, min(PROGRAMS // tiles**2, triton.cdiv(n_cols, MIN_CHUNK)))
+    chunk_size = triton.cdiv(triton.cdiv(n_cols, n_splits), block_cols) * block_cols
+    n_splits = triton.cdiv(n_cols, chunk_size)
     f32 = dict(dtype=torch.float32, device=s.device)
-    dots, sq = torch.empty(splits, N, N, **f32), torch.empty(splits, N, **f32)  # partial sums per chunk
-    gram, rho = torch.empty(N, N, **f32), torch.empty(N, **f32)  # (N, N), (N,)
+    dots, sq = torch.empty(n_splits, n_rows, n_rows, **f32), torch.empty(n_splits, n_rows, **f32)  # per chunk
+    gram, rho = torch.empty(n_rows, n_rows, **f32), torch.empty(n_rows, **f32)  # (N, N), (N,)
     partial = torch.empty(tiles, tiles, **f32)
-    _pullaway_fwd_kernel[(tiles, tiles, splits)](s, dots, sq, N, D, chunk, BLOCK_N=block_n, BLOCK_D=block_d,
-                                                 num_warps=8 if block_n == 128 else 4)
-    _pullaway_cos_kernel[(tiles, tiles)](dots, sq, gram, rho, partial, N, splits, 1.0 / (N * (N - 1)), EPS,
-                                         BLOCK_N=block_n, num_warps=8 if block_n == 128 else 4)
+    num_warps = 8 if block_n == 128 else 4
+    _pullaway_fwd_kernel[(tiles, tiles, n_splits)](s, dots, sq, n_rows, n_cols, chunk_size,
+                                                   BLOCK_N=block_n, BLOCK_COLS=block_cols, num_warps=num_warps)
+    _pullaway_cos_kernel[(tiles, tiles)](dots, sq, gram, rho, partial, n_rows, n_splits,
+                                         1.0 / (n_rows * (n_rows - 1)), EPS, BLOCK_N=block_n, num_warps=num_warps)
     return partial.sum().to(s.dtype), gram, rho
 
 
 def pullaway_backward(go: torch.Tensor, s: torch.Tensor, gram: torch.Tensor, rho: torch.Tensor):
     """d loss / d s for the upstream scalar gradient go; s: (N, D). Returns (N, D)."""
-    N, D = s.shape
-    block_n, block_d = _block(N, 64), _block(D, 64)
+    n_rows, n_cols = s.shape
+    block_n, block_cols = _block(n_rows, 64), _block(n_cols, 64)
     ds = torch.empty_like(s)  # (N, D)
-    _pullaway_bwd_kernel[(triton.cdiv(N, block_n), triton.cdiv(D, block_d))](
-        s, gram, rho, go.contiguous(), ds, N, D, 1.0 / (N * (N - 1)), EPS, BLOCK_N=block_n, BLOCK_D=block_d)
+    _pullaway_bwd_kernel[(triton.cdiv(n_rows, block_n), triton.cdiv(n_cols, block_cols))](
+        s, gram, rho, go.contiguous(), ds, n_rows, n_cols, 1.0 / (n_rows * (n_rows - 1)), EPS,
+        BLOCK_N=block_n, BLOCK_COLS=block_cols)
     return ds
 
 

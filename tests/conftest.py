@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("dcgan", "lsgan", "wgan", "wgan_gp", "dragan", "ebgan", "began")
 sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -77,3 +78,12 @@ class HalfSquareCritic(torch.nn.Module):
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+@pytest.fixture(scope="session")
+def judge(tmp_path_factory):
+    """The 32x32 classifier, trained once per test session in a cache folder of its own
+    (shared with test_compare.py through the session's base temp folder)."""
+    os.environ["GANZOO_CACHE"] = str(tmp_path_factory.getbasetemp() / "ganzoo-cache")
+    from ganzoo import metrics
+    return metrics.classifier((32, 32))

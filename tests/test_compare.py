@@ -15,7 +15,7 @@ TINY_SCRIPT = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--sampl
 
 @pytest.fixture(scope="module", autouse=True)
 def cache(tmp_path_factory):
-    """The classifier cache of the whole session (see test_metrics.py's judge)."""
+    """The classifier cache of the whole session (see conftest.py's judge)."""
     os.environ["GANZOO_CACHE"] = str(tmp_path_factory.getbasetemp() / "ganzoo-cache")
 
 

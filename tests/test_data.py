@@ -10,8 +10,8 @@ from PIL import Image
 
 from conftest import one_error_line, run_main
 from ganzoo.batches import Batches
-from ganzoo.cli import image_size
-from ganzoo.data import Images, StackedDigits, StreamedFolder, decode_image, digits_images, list_images, load_cifar10, load_folder, load_mnist, resize_uint8
+from ganzoo.data import (StackedDigits, StreamedFolder, decode_image, digits_images, list_images, load_cifar10,
+                         load_folder, load_mnist, resize_uint8)
 from ganzoo.errors import UserError
 
 
@@ -32,14 +32,6 @@ def make_folder(root, corrupt=True):
     if corrupt:
         (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     return 8  # readable images
-
-
-def test_image_size_parsing():
-    assert image_size("64") == (64, 64)
-    assert image_size("128x256") == (128, 256)
-    for bad in ("48", "8", "64x100", "abc", "0"):
-        with pytest.raises(Exception):
-            image_size(bad)
 
 
 def test_folder_all_modes_and_a_corrupt_file(tmp_path):
@@ -141,18 +133,6 @@ def test_digits_and_stacked_digits():
     assert s.labels.shape == (50_000, 3)
     modes = (s.labels[:, 0] * 100 + s.labels[:, 1] * 10 + s.labels[:, 2]).unique()
     assert len(modes) == 1000  # all 1,000 modes are present
-
-
-def test_batches_cover_each_epoch_once_and_resume():
-    data = Images(torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1))
-    b = Batches(data, 6, seed=3, device=torch.device("cpu"))
-    seen = torch.cat([b() for _ in range(3)]).flatten()
-    assert len(set(seen.tolist())) == 18  # no repeats within an epoch; the last 2 dropped
-    state = b.state()
-    nxt = [b() for _ in range(4)]
-    b2 = Batches(data, 6, seed=3, device=torch.device("cpu"), state=state)
-    assert all(torch.equal(u, b2()) for u in nxt)
-    assert nxt[0].min() >= -1 and nxt[0].max() <= 1
 
 
 # ---- bad input: one line, exit 2 ------------------------------------------------------

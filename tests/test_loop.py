@@ -1,5 +1,6 @@
-"""The training loop, checkpoints, resume, sampling and the failure paths, driven
-through dcgan.py (the loop is the same for all seven scripts)."""
+"""ganzoo.loop: the run directory, same seed same weights, bitwise resume, settings kept on
+resume, the metrics rows, divergence and Ctrl-C, driven through dcgan.py (the loop is the
+same for all seven scripts)."""
 import json
 import signal
 import subprocess
@@ -7,15 +8,14 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 import common
 import dcgan
-from conftest import ROOT, TINY, one_error_line, run_main, run_script
 from ganzoo.data import resolve_data_args
-from ganzoo.images import slerp
+from ganzoo.loop import Meter, one_step
+from conftest import ROOT, TINY, one_error_line, run_main, run_script
 
 
 def weights(run_dir):
@@ -40,46 +40,6 @@ def test_smoke_subprocess_writes_the_run_directory(tmp_path):
     grid = Image.open(out / "samples" / "step_000004.png")
     assert grid.size == (8 * 18 + 2, 8 * 18 + 2)  # 64 samples, 16x16, 2px padding
     assert list(out.glob("events.out.tfevents.*"))  # tensorboard is installed in CI
-
-
-def test_dcgan_builds_from_the_size():
-    for hw in [(16, 16), (32, 32), (64, 64), (16, 32), (128, 256), (64, 16)]:
-        G = common.DCGANGenerator(100, 3, hw, width=4)
-        D = common.DCGANDiscriminator(3, hw, width=4)
-        x = G(torch.randn(2, 100))
-        assert x.shape == (2, 3) + hw and x.abs().max() <= 1
-        assert D(x).shape == (2,)
-    G = common.DCGANGenerator(100, 3, (64, 64), width=64)  # the paper's 512-256-128-64 at 64x64
-    chans = [m.out_channels for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
-    assert chans == [512, 256, 128, 64, 3]
-
-
-def test_dcgan_init_and_layers():
-    torch.manual_seed(0)
-    D = common.DCGANDiscriminator(3, (64, 64), width=64)
-    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
-    w = torch.cat([c.weight.flatten() for c in convs])
-    assert abs(w.mean()) < 1e-3 and abs(w.std() - 0.02) < 1e-3
-    bns = [m for m in D.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(bns) == len(convs) - 2  # no BatchNorm on the first layer, nor on the output
-    g = torch.cat([b.weight for b in bns])
-    assert abs(g.mean() - 1) < 5e-3 and abs(g.std() - 0.02) < 5e-3
-    assert all(c.kernel_size == (4, 4) for c in convs[:-1])
-    assert [type(m) for m in D.features][:2] == [torch.nn.Conv2d, torch.nn.LeakyReLU]
-
-
-def test_dcgan_losses_known_values():
-    """With D's output layer zeroed every logit is 0, D(x) = 1/2: the D loss is
-    -log(1/2) - log(1/2) = 2 log 2 and the non-saturating G loss is -log(1/2) = log 2."""
-    args = dcgan.build_parser().parse_args(["--width", "4", "--image-size", "16"])
-    resolve_data_args(args)
-    m = dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu"))
-    torch.nn.init.zeros_(m.D.head.weight)
-    out = m.train_step(lambda: torch.rand(8, 1, 16, 16) * 2 - 1)
-    assert out["loss_d"].item() == pytest.approx(2 * np.log(2), abs=1e-6)
-    assert out["d_real"].item() == pytest.approx(0.5)
-    # G's loss is measured after D's update moved the head a little: close to log 2
-    assert out["loss_g"].item() == pytest.approx(np.log(2), abs=0.05)
 
 
 def test_same_seed_same_weights(tmp_path):
@@ -114,70 +74,6 @@ def test_resume_keeps_settings_and_rejects_changes(tmp_path, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert "--image-size" in line and "resumed run keeps its settings" in line
     assert weights(tmp_path / "r")[0]["step"] == 4  # the good checkpoint is untouched
-
-
-def test_checkpoint_loads_with_weights_only(tmp_path):
-    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
-    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
-    assert ck["model"] == "dcgan" and ck["step"] == 4 and ck["config"]["z_dim"] == 100
-    assert not list((tmp_path / "r").glob("*.tmp"))  # the atomic write left no temporary file
-
-
-class Evil:
-    def __reduce__(self):
-        return (exec, ("open('PWNED', 'w').write('x')",))
-
-
-def test_doctored_checkpoint_never_runs_code(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    torch.save({"model": "dcgan", "nets": Evil()}, tmp_path / "evil.pt")
-    assert run_main("dcgan", ["--sample", tmp_path / "evil.pt"]) == 2
-    assert "not a readable checkpoint" in one_error_line(capsys.readouterr().err)
-    assert not (tmp_path / "PWNED").exists()
-
-
-def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
-    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
-    capsys.readouterr()
-    good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
-    (tmp_path / "torn.pt").write_bytes(good[: len(good) // 2])
-    assert run_main("dcgan", ["--resume", tmp_path / "torn.pt", "--steps", "8"]) == 2
-    assert "not a readable checkpoint" in one_error_line(capsys.readouterr().err)
-    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
-    ck["model"] = "wgan"
-    torch.save(ck, tmp_path / "wgan.pt")
-    assert run_main("dcgan", ["--sample", tmp_path / "wgan.pt"]) == 2
-    assert "is a wgan checkpoint" in one_error_line(capsys.readouterr().err)
-    assert run_main("dcgan", ["--resume", tmp_path / "nowhere"]) == 2
-    assert "no checkpoint there" in one_error_line(capsys.readouterr().err)
-
-
-def test_checkpoint_of_another_image_size(tmp_path, capsys):
-    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
-    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
-    ck["config"]["image_size"] = [32, 32]  # networks for 16x16, config says 32x32
-    torch.save(ck, tmp_path / "other.pt")
-    capsys.readouterr()
-    assert run_main("dcgan", ["--resume", tmp_path / "other.pt", "--steps", "8"]) == 2
-    assert "shape" in one_error_line(capsys.readouterr().err)
-
-
-def test_sample_and_interpolate(tmp_path):
-    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
-    assert run_main("dcgan", ["--sample", tmp_path / "r", "--n", "16", "--out", tmp_path / "g.png"]) == 0
-    assert Image.open(tmp_path / "g.png").size == (4 * 18 + 2, 4 * 18 + 2)
-    assert run_main("dcgan", ["--sample", tmp_path / "r" / "checkpoint.pt", "--interpolate", "--n", "4",
-                              "--out", tmp_path / "w.gif"]) == 0
-    gif = Image.open(tmp_path / "w.gif")
-    assert gif.n_frames == 64 and gif.size == (2 * 18 + 2, 2 * 18 + 2)
-
-
-def test_slerp_keeps_the_norm_and_ends():
-    a, b = torch.randn(5, 100), torch.randn(5, 100)
-    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5)
-    assert torch.allclose(slerp(a, b, 1.0), b, atol=1e-4)
-    a2, b2 = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
-    assert torch.allclose(slerp(a2, b2, 0.3).norm(dim=1), torch.ones(5), atol=1e-5)
 
 
 class NaNAt5(dcgan.DCGAN):
@@ -222,3 +118,36 @@ def test_ctrl_c_saves_and_exits_0(tmp_path):
     assert 3 <= ck["step"] < 100000
     assert run_main("dcgan", ["--resume", out, "--steps", str(ck["step"] + 2), "--no-progress"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == ck["step"] + 2
+
+
+def test_a_metrics_row_is_the_mean_since_the_last_row():
+    class Stub:  # what Meter reads of Batches and of a model
+        images, skipped = 0, 0
+
+    class Model:
+        def optimizers(self):
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.25)
+            return {"G": opt, "D": opt}
+
+    b = Stub()
+    meter = Meter(b)
+    for v in (1.0, 2.0, 6.0):
+        meter.add({"loss": torch.tensor(v)})
+        b.images += 8
+    row = meter.row(3, Model())
+    assert row["step"] == 3 and row["loss"] == 3.0 and row["lr_g"] == row["lr_d"] == 0.25
+    assert row["images_per_s"] > 0 and row["steps_per_s"] > 0 and "skipped_images" not in row
+    meter.add({"loss": torch.tensor(10.0)})
+    assert meter.row(4, Model())["loss"] == 10.0  # the next row starts anew
+
+
+def test_one_step_marks_the_first_non_finite_step_without_waiting():
+    args = dcgan.build_parser().parse_args(["--width", "4", "--image-size", "16"])
+    resolve_data_args(args)
+    model = NaNAt5(args, (1, 16, 16), torch.device("cpu"))
+    real = lambda: torch.rand(8, 1, 16, 16) * 2 - 1  # noqa: E731
+    bad = torch.tensor(-1)
+    for step in range(6):
+        scalars, bad = one_step(model, args, real, torch.autocast("cpu", enabled=False), step, bad)
+        assert set(scalars) == {"loss_d", "loss_g", "d_real", "d_fake"} and scalars["loss_d"].dim() == 0
+    assert int(bad) == 5  # generator update number 5 produced the NaN; later ones do not move it

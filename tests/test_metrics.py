@@ -1,28 +1,14 @@
-"""metrics.py and evaluate.py: the judge's accuracy and determinism, the Frechet distance
-against closed forms, KID and KL known answers, real data scoring near-perfectly and a
-collapsed generator scoring 1 class / 1 mode, the --eval-every hook (and that it leaves a
-run's weights untouched), and the evaluate.py command line."""
-import json
-import os
-
+"""ganzoo.metrics: the judge's accuracy and determinism, the Frechet distance against closed
+forms, KID and KL known answers, real data scoring near-perfectly and a collapsed generator
+scoring 1 class / 1 mode. (The --eval-every hook and evaluate.py: test_evaluation.py.)"""
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
-import evaluate
 from ganzoo import metrics
-from conftest import TINY, one_error_line, run_main, run_script
 
 HW = (32, 32)
-
-
-@pytest.fixture(scope="session")
-def judge(tmp_path_factory):
-    """The 32x32 classifier, trained once per test session in a cache folder of its own
-    (shared with test_compare.py through the session's base temp folder)."""
-    os.environ["GANZOO_CACHE"] = str(tmp_path_factory.getbasetemp() / "ganzoo-cache")
-    return metrics.classifier(HW)
 
 
 def test_classifier_accuracy_and_cache(judge):
@@ -183,62 +169,7 @@ def test_stacked_digits_modes(judge):
 
 # ---- the --eval-every hook -------------------------------------------------------------------
 
-def test_training_evaluator_rejects_other_data(tmp_path, capsys, judge):
-    from PIL import Image
-    for i in range(8):
-        Image.new("L", (16, 16), 40 * i).save(tmp_path / f"{i}.png")
-    argv = TINY + ["--path", tmp_path, "--eval-every", "2", "--out", tmp_path / "r"]
-    assert run_main("dcgan", argv) == 2
-    line = one_error_line(capsys.readouterr().err)
-    assert "digits and stacked-digits data sets only" in line and "folder" in line
-
-
-def test_eval_every_logs_metrics_and_changes_nothing_else(tmp_path, monkeypatch, request, judge):
-    monkeypatch.setitem(metrics.SAMPLES, "digits", 500)  # fewer samples per evaluation (default 2,000)
-    evaluate.scorer.cache_clear()
-    metrics.classifier.cache_clear()  # the hook loads the judge from its file, inside the run
-    request.addfinalizer(evaluate.scorer.cache_clear)
-    argv = TINY + ["--image-size", "32"]
-    assert run_main("dcgan", argv + ["--eval-every", "2", "--out", tmp_path / "e"]) == 0
-    assert run_main("dcgan", argv + ["--out", tmp_path / "p"]) == 0
-    rows = [json.loads(l) for l in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
-    evals = [r for r in rows if "classes" in r]
-    assert [r["step"] for r in evals] == [2, 4]
-    assert set(evals[0]) == {"step", "classes", "kl", "confident", "fd", "kid"}
-    assert all(np.isfinite(v) for r in evals for v in r.values())
-    ce, cp = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in "ep")
-    for net in ("G", "D"):  # evaluating drew no random numbers of the run's
-        assert all(torch.equal(ce["nets"][net][k], cp["nets"][net][k]) for k in cp["nets"][net])
-    assert torch.equal(ce["rng"]["torch"], cp["rng"]["torch"])
-    # evaluate.py scores the last checkpoint as the hook scored step 4 (same z, same judge)
-    row = evaluate.evaluate_checkpoint(tmp_path / "e")
-    assert row["n"] == 500 and {k: row[k] for k in evals[1]} == evals[1]
-
 
 # ---- evaluate.py -----------------------------------------------------------------------------
 
-def test_evaluate_cli(tmp_path, judge):
-    assert run_main("dcgan", TINY + ["--image-size", "32", "--out", tmp_path / "runs" / "a"]) == 0
-    r = run_script("evaluate.py", tmp_path / "runs", "--real", "--n", "300", "--json", tmp_path / "t.json",
-                   "--markdown", tmp_path / "t.md")
-    assert r.returncode == 0, r.stderr
-    rows = json.loads((tmp_path / "t.json").read_text())
-    assert [(x["model"], x["step"], x["n"]) for x in rows] == [("dcgan", 4, 300), ("real data", 0, 300)]
-    assert rows[1]["classes"] == 10 and rows[0]["fd"] > rows[1]["fd"]
-    assert rows[0]["classifier_accuracy"] >= 0.97
-    md = (tmp_path / "t.md").read_text()
-    assert md.startswith("| model | step | dataset |") and "held-out accuracy" in md and md in r.stdout
 
-
-def test_evaluate_bad_input(tmp_path, capsys, judge):
-    assert evaluate.main([str(tmp_path / "nowhere")]) == 2
-    assert "no checkpoint there" in one_error_line(capsys.readouterr().err)
-    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
-    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
-    ck["model"] = "os"  # a module that is not one of the scripts is never imported
-    torch.save(ck, tmp_path / "other.pt")
-    capsys.readouterr()
-    assert evaluate.main([str(tmp_path / "other.pt")]) == 2
-    assert "has no script os.py" in one_error_line(capsys.readouterr().err)
-    assert evaluate.main([]) == 2
-    assert "--real" in one_error_line(capsys.readouterr().err)

@@ -1,0 +1,120 @@
+"""ganzoo.checkpoint: checkpoints load with weights_only (a doctored one never runs code), torn
+and foreign ones are refused in one line, and checkpoints written before the ganzoo layout
+(tests/data/old_checkpoints, by the code of commit 3f14ff0) still load, sample and resume."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ganzoo.checkpoint import renames, upgrade_config
+from conftest import MODELS, TINY, one_error_line, run_main
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ck["model"] == "dcgan" and ck["step"] == 4 and ck["config"]["z_dim"] == 100
+    assert not list((tmp_path / "r").glob("*.tmp"))  # the atomic write left no temporary file
+
+
+class Evil:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_doctored_checkpoint_never_runs_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": "dcgan", "nets": Evil()}, tmp_path / "evil.pt")
+    assert run_main("dcgan", ["--sample", tmp_path / "evil.pt"]) == 2
+    assert "not a readable checkpoint" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
+    capsys.readouterr()
+    good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    (tmp_path / "torn.pt").write_bytes(good[: len(good) // 2])
+    assert run_main("dcgan", ["--resume", tmp_path / "torn.pt", "--steps", "8"]) == 2
+    assert "not a readable checkpoint" in one_error_line(capsys.readouterr().err)
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    ck["model"] = "wgan"
+    torch.save(ck, tmp_path / "wgan.pt")
+    assert run_main("dcgan", ["--sample", tmp_path / "wgan.pt"]) == 2
+    assert "is a wgan checkpoint" in one_error_line(capsys.readouterr().err)
+    assert run_main("dcgan", ["--resume", tmp_path / "nowhere"]) == 2
+    assert "no checkpoint there" in one_error_line(capsys.readouterr().err)
+
+
+def test_checkpoint_of_another_image_size(tmp_path, capsys):
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    ck["config"]["image_size"] = [32, 32]  # networks for 16x16, config says 32x32
+    torch.save(ck, tmp_path / "other.pt")
+    capsys.readouterr()
+    assert run_main("dcgan", ["--resume", tmp_path / "other.pt", "--steps", "8"]) == 2
+    assert "shape" in one_error_line(capsys.readouterr().err)
+
+
+# ---- checkpoints written before the ganzoo layout ----------------------------------------------
+# tests/data/old_checkpoints/<model>/checkpoint.pt: step 2 of a run of the code of commit 3f14ff0
+# (common.py holding everything), with OLD_ARGS and the extra flags below; DRAGAN's weight was then
+# spelt --lambda-gp (config key lambda_gp), today --gp-lambda.
+OLD = Path(__file__).resolve().parent / "data" / "old_checkpoints"
+OLD_ARGS = ["--batch-size", "8", "--width", "4", "--z-dim", "8", "--image-size", "16", "--log-every", "1",
+            "--sample-every", "2", "--checkpoint-every", "2", "--no-progress", "--seed", "3"]
+OLD_EXTRA = {"wgan": ["--n-critic", "2"], "wgan_gp": ["--n-critic", "2"], "dragan": ["--gp-lambda", "5"]}
+
+
+def _old_run(tmp_path, model):
+    run = tmp_path / "old"
+    run.mkdir()
+    shutil.copy(OLD / model / "checkpoint.pt", run / "checkpoint.pt")
+    return run
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_an_old_checkpoint_resumes_as_todays_code_runs(tmp_path, model, request):
+    """Resumed from step 2 to 4, an old checkpoint ends where today's code ends after 4 steps
+    from scratch with the same settings: the layout changed no arithmetic, and the old file
+    restores every state (weights, optimizers, k_t, data position, RNG). One thread, as the
+    old runs had: on the CPU that wrote the files (AMD EPYC, AVX512-BF16) this is bit for bit;
+    another CPU or thread count sums in another order (measured: <= 1.2e-7 apart), far below
+    what any change of the update moves in two steps (learning rates >= 5e-5 a step)."""
+    run = _old_run(tmp_path, model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    assert run_main(model, ["--resume", run, "--steps", "4", "--no-progress"]) == 0
+    assert run_main(model, OLD_ARGS + OLD_EXTRA.get(model, []) + ["--steps", "4", "--out", tmp_path / "new"]) == 0
+    old, new = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (run, tmp_path / "new"))
+    assert old["step"] == new["step"] == 4
+    for net, sd in new["nets"].items():
+        for k, v in sd.items():
+            torch.testing.assert_close(old["nets"][net][k], v, rtol=0, atol=2e-6, msg=f"{net}.{k}")
+    assert old["data"] == new["data"] and torch.equal(old["rng"]["torch"], new["rng"]["torch"])
+
+
+def test_an_old_dragan_checkpoint_keeps_its_penalty_weight_under_the_new_name(tmp_path, capsys):
+    run = _old_run(tmp_path, "dragan")
+    assert "lambda_gp" in torch.load(run / "checkpoint.pt", weights_only=True)["config"]
+    assert run_main("dragan", ["--resume", run, "--steps", "4", "--gp-lambda", "6"]) == 2  # a changed setting
+    assert "--gp-lambda 5.0" in one_error_line(capsys.readouterr().err)
+    assert run_main("dragan", ["--resume", run, "--steps", "3", "--lambda-gp", "5", "--no-progress"]) == 0
+    cfg = torch.load(run / "checkpoint.pt", weights_only=True)["config"]
+    assert cfg["gp_lambda"] == 5.0 and "lambda_gp" not in cfg
+
+
+@pytest.mark.parametrize("model", ["dragan", "began"])
+def test_an_old_checkpoint_samples(tmp_path, model):
+    run = _old_run(tmp_path, model)
+    assert run_main(model, ["--sample", run, "--n", "4", "--out", tmp_path / "g.png"]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_upgrade_config_renames_only_what_was_renamed():
+    import dragan
+    assert upgrade_config({"lambda_gp": 5.0, "seed": 1}, dragan.HYPERPARAMETERS) == {"gp_lambda": 5.0, "seed": 1}
+    assert upgrade_config({"lambda_gp": 5.0, "gp_lambda": 7.0}, dragan.HYPERPARAMETERS)["gp_lambda"] == 7.0
+    assert renames(dragan.HYPERPARAMETERS) == {"lambda_gp": "gp_lambda"}

@@ -1,0 +1,79 @@
+"""ganzoo.cli: the argparse types, the help generated from each model's Hyper declarations,
+old flag spellings and the config upgrade that goes with them, and explicit flags."""
+import importlib
+
+import pytest
+
+from ganzoo.checkpoint import upgrade_config
+from ganzoo.cli import SHARED, explicit_flags, image_size
+from conftest import MODELS, run_main
+
+
+def test_image_size_parsing():
+    assert image_size("64") == (64, 64)
+    assert image_size("128x256") == (128, 256)
+    for bad in ("48", "8", "64x100", "abc", "0"):
+        with pytest.raises(Exception):
+            image_size(bad)
+
+
+def _help_of(parser, dest):
+    action = next(a for a in parser._actions if a.dest == dest)
+    return action.help.replace("%%", "%")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_hyperparameter_is_declared_once_and_its_help_says_it_all(model):
+    """The help line of every declared hyperparameter is generated from its one Hyper: the
+    default, where it comes from, and the built-in digits' value when that differs."""
+    mod = importlib.import_module(model)
+    hypers = mod.HYPERPARAMETERS
+    cls = next(v for v in vars(mod).values() if isinstance(v, type) and getattr(v, "name", None) == model)
+    assert cls.hyperparameters is hypers
+    assert set(SHARED) <= set(hypers)  # the shared flags get the model's paper defaults
+    parser = mod.build_parser()
+    for name, h in hypers.items():
+        assert name in SHARED or h.help, f"{model} --{name} has no help"
+        text = _help_of(parser, name)
+        if h.default is not None:
+            assert "default " in text and h.source in text, text
+        if h.small is not None:
+            assert f"{h.small} on the built-in digits data" in text, text
+
+
+def test_small_values_on_the_built_in_data_and_paper_values_elsewhere(tmp_path):
+    import began
+    from ganzoo.data import resolve_data_args
+    p = began.build_parser()
+    digits = p.parse_args([])
+    resolve_data_args(digits)
+    folder = p.parse_args(["--path", str(tmp_path)])
+    resolve_data_args(folder)
+    for name, h in began.HYPERPARAMETERS.items():
+        if h.small is not None:
+            assert getattr(digits, name) == h.small and getattr(folder, name) == h.default, name
+    assert (digits.gamma, folder.gamma, folder.width, folder.dataset) == (1.0, 0.5, 128, "folder")
+    typed = p.parse_args(["--gamma", "0.7", "--path", str(tmp_path)])
+    resolve_data_args(typed)
+    assert typed.gamma == 0.7  # a value the user gave is never replaced
+
+
+def test_the_old_spelling_of_a_renamed_flag_still_works(capsys):
+    import dragan
+    p = dragan.build_parser()
+    assert p.parse_args(["--lambda-gp", "3"]).gp_lambda == p.parse_args(["--gp-lambda", "3"]).gp_lambda == 3.0
+    assert upgrade_config({"lambda_gp": 5.0}, dragan.HYPERPARAMETERS) == {"gp_lambda": 5.0}
+    assert run_main("dragan", ["--gp-lambda", "-1"]) == 2  # still validated: a weight >= 0
+    assert "not a number >= 0" in capsys.readouterr().err
+
+
+def test_help_with_a_percent_sign_prints(capsys):
+    assert run_main("began", ["--help"]) == 0
+    assert "1% below the previous window's" in capsys.readouterr().out
+
+
+def test_explicit_flags_are_the_typed_ones():
+    import lsgan
+    p = lsgan.build_parser()
+    argv = ["--steps", "3", "--abc", "-1,1,0", "--no-progress", "--gp-lambda-not-a-flag"]
+    assert explicit_flags(p, argv) == {"steps", "abc", "no_progress"}
