@@ -51,14 +51,16 @@ def check_batch(n: int):
 
 
 def pullaway_reference(emb: torch.Tensor) -> torch.Tensor:
-    """Eq. 14 in plain PyTorch (fp32 math for half inputs)."""
+    """Eq. 14 in plain PyTorch (fp32 math for half inputs, also inside an autocast region:
+    autocast would run u @ u.T, a matmul, in bf16/fp16 whatever the dtype of u)."""
     N = emb.shape[0]
     check_batch(N)
-    s = emb.reshape(N, -1).to(torch.promote_types(emb.dtype, torch.float32))  # (N, D)
-    u = F.normalize(s, dim=1, eps=EPS)  # (N, D) unit rows
-    cos2 = (u @ u.T).square()  # (N, N)
-    off = cos2.masked_fill(torch.eye(N, dtype=torch.bool, device=emb.device), 0)  # i != j
-    return (off.sum() / (N * (N - 1))).to(emb.dtype)
+    with torch.autocast(emb.device.type, enabled=False):
+        s = emb.reshape(N, -1).to(torch.promote_types(emb.dtype, torch.float32))  # (N, D)
+        u = F.normalize(s, dim=1, eps=EPS)  # (N, D) unit rows
+        cos2 = (u @ u.T).square()  # (N, N)
+        off = cos2.masked_fill(torch.eye(N, dtype=torch.bool, device=emb.device), 0)  # i != j
+        return (off.sum() / (N * (N - 1))).to(emb.dtype)
 
 
 @jit

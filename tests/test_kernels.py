@@ -246,3 +246,23 @@ def test_imports_and_runs_without_triton(monkeypatch):
     monkeypatch.setenv("GAN_KERNELS", "triton")
     with pytest.raises(RuntimeError, match="triton is not installed"):
         fresh.pullaway(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("fn", [pullaway_reference, gradient_penalty_reference])
+def test_reference_is_fp32_under_autocast(fn, monkeypatch):
+    """An --amp run on the reference path (CPU, GAN_KERNELS=reference, CUDA without Triton)
+    calls the ops inside autocast; their math must stay fp32 (autocast would run the
+    pull-away term's u @ u.T in bf16: 3e-3 relative error at N=64, D=4096)."""
+    monkeypatch.setenv("GAN_KERNELS", "reference")
+    torch.manual_seed(0)
+    x = torch.randn(64, 4096, dtype=torch.float64).float().requires_grad_(True)
+    public = {pullaway_reference: pullaway, gradient_penalty_reference: gradient_penalty}[fn]
+    want = fn(x)
+    g_want, = torch.autograd.grad(want, x)
+    for op in (fn, public):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = op(x)
+        g_got, = torch.autograd.grad(got, x)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-9)
