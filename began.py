@@ -19,13 +19,18 @@ Departures from the paper (and choices where it is silent), each named where the
   defaults to carpedm20's 500,000.
 - Architecture (Fig. 1, §3.5): the smallest map is 8 on the image's short side (8x8 for a
   square image, 8x16 for 32x64); each down-sampling is a stride-2 3x3 convolution that
-  raises the channels by n (ELU after it too); no output non-linearity (as carpedm20); the
+  raises the channels by n (ELU after it too). carpedm20 keeps the channels in its stride-2
+  convolution and raises them in the first 3x3 convolution of the next scale: the same
+  widths at every scale, the raise one layer later (the paper's Fig. 1 does not say which);
+  kept as it is so that BEGAN checkpoints written before stay loadable. No output
+  non-linearity (as carpedm20); the
   bottleneck h has z's 64 dimensions (N_h = N_z). Weights are initialised as carpedm20's
   (TensorFlow's defaults: Glorot-uniform weights, zero biases); with PyTorch's default
   initialisation G's output hardly depends on z at the start and G collapses.
-- The losses of D and G are computed from one pass of D over [x, G(z_D), G(z_G)] and both
-  networks are stepped together, as the paper's simultaneous update (§3.4) and carpedm20
-  do; k_t is then updated from the same L(x) and L(G(z_G)).
+- D's negatives G(z_D) and G's samples G(z_G) come from separate z draws, as the paper
+  writes L_D and L_G (§3.4); carpedm20 uses one z for both. The losses are computed from one
+  pass of D over [x, G(z_D), G(z_G)] and both networks are stepped together, the paper's
+  simultaneous update (as carpedm20 does); k_t is then updated from the same L(x) and L(G(z_G)).
 - On the built-in digits: n = 16 (paper 128), 3,000 steps at a constant learning rate
   of 3e-4 (the paper's 8e-5 is too slow to draw digits in minutes), and D's bottleneck
   N_h = 16, γ = 1, λ_k = 0.01: with the paper's N_h = 64, γ = 0.5, λ_k = 0.001 k_t sits at 0
@@ -123,7 +128,7 @@ class Encoder(nn.Module):
         layers = _conv(channels, n)
         for i in range(1, S + 1):
             layers += _conv(i * n, i * n) + _conv(i * n, i * n)
-            if i < S:
+            if i < S:  # carpedm20 keeps i·n here and raises to (i+1)·n in the next 3x3 conv (docstring)
                 layers += _conv(i * n, (i + 1) * n, stride=2)  # (B, (i+1)n, H/2^i, W/2^i)
         self.net = nn.Sequential(*layers)  # (B, S·n, h0, w0)
         self.fc = nn.Linear(S * n * (hw[0] >> (S - 1)) * (hw[1] >> (S - 1)), h_dim)  # no non-linearity

@@ -8,7 +8,16 @@ Convolutional Generative Adversarial Networks" (arXiv:1511.06434), as the author
     python dcgan.py --sample runs/dcgan/<run> --n 64 --out grid.png
     python dcgan.py --sample runs/dcgan/<run> --interpolate --out walk.gif
 
+Which code: the paper's own (Theano, github.com/Newmu/dcgan_code) draws z ~ U[-1, 1] and
+uses 5x5 kernels, a base width of 128 and an L2 weight decay of 1e-5; this script follows
+dcgan.torch, the code the paper's authors published for Torch and that pytorch/examples and
+most comparisons copy (z ~ N(0, I), 4x4 kernels, width 64, no weight decay).
+
 Departures from the paper, each named where the code has it:
+- Update order: G's step takes a fresh D forward pass on the same fakes after D's update;
+  dcgan.torch reuses the output of D's forward pass from before D's update (G is stepped
+  against the old D). The fresh pass is what a reader of Goodfellow et al.'s Algorithm 1
+  expects and what pytorch/examples does.
 - On the built-in digits the networks are narrower (width 32, not 64) and the run is
   2,000 generator updates, so that it takes minutes on a CPU. On any other data the
   paper's width is used; the paper gives no step count for faces, so a folder run defaults
@@ -72,7 +81,8 @@ class DCGAN(common.GAN):
 
         # G: the non-saturating loss, max log D(G(z)) instead of min log(1 − D(G(z)))
         # (Goodfellow et al. 2014 §3), i.e. minimise BCE(D(G(z)), 1). Same fake as above,
-        # as in the authors' code; D has just been updated.
+        # as in the authors' code, through the updated D (dcgan.torch: D's output before its
+        # update; see the docstring).
         d_gen = self.D(fake)                         # (B,)
         loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
         self.update(self.opt_g, loss_g)

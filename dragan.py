@@ -18,7 +18,11 @@ Departures from the paper, each named where the code has it:
   `--perturb-c` (c is a variance, in the units of the data: the paper's c ≈ 10 is set for its
   data; the images here lie in [-1, 1], where c ≈ 10 puts x̂ far off the data).
 - The networks are DCGAN's (the paper's experiments use DCGAN among others) without
-  BatchNorm in D: a per-sample gradient penalty is not valid with batch statistics.
+  BatchNorm in D: a per-sample gradient penalty is not valid with batch statistics. D's
+  first convolution and its logit have no bias (dcgan.torch's discriminator; its middle
+  convolutions have biases here, as nothing normalises them); the authors' TensorFlow D has a
+  bias in every layer, the logit's included. Kept so that DRAGAN checkpoints written before
+  stay loadable.
 - On the built-in digits the networks are narrower (width 32, not 64) and the run is
   1,200 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
   a folder run defaults to 20,000 updates.

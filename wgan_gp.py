@@ -27,7 +27,11 @@ Departures from the paper, each named where the code has it:
   generator updates, so that it takes minutes on a CPU. On any other data the authors'
   values are used: 200,000 generator updates, as in their code.
 - The --arch dcgan networks are common.py's DCGAN stack (4x4 kernels, N(0, 0.02) weights),
-  not the authors' TensorFlow DCGAN variant (5x5 kernels, a linear first layer of G).
+  not the authors' TensorFlow DCGAN variant (5x5 kernels, a linear first layer of G, a bias
+  in every layer of the critic). Here the critic's first convolution and its output have no
+  bias (dcgan.torch's discriminator); the output's bias would cancel in E[D(G(z))] − E[D(x)]
+  and in the gradient, the first layer's is a different parameterisation. --arch resnet has
+  the authors' biases.
 - Samples in grids use BatchNorm's running statistics (eval mode), as in dcgan.py.
 """
 import math

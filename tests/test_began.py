@@ -194,3 +194,17 @@ def test_resume_is_bitwise_equal_with_k_and_sample(tmp_path):
         assert all(torch.equal(v, ch["nets"][net][k]) for k, v in cf["nets"][net].items())
     assert run_main("began", ["--sample", tmp_path / "half", "--n", "4", "--out", tmp_path / "g.png"]) == 0
     assert Image.open(tmp_path / "g.png").size == (2 * 18 + 2, 2 * 18 + 2)
+
+
+def test_encoder_layers_against_the_named_reference():
+    """32x32, n = 4 (3 scales): every conv of D's encoder as (in, out, stride), biases in every
+    layer. The stride-2 convs raise the channels (carpedm20 raises them in the next 3x3 conv
+    instead: the departure named in the docstring)."""
+    enc = began.Encoder(8, 1, (32, 32), 4)
+    convs = [m for m in enc.net if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [
+        (1, 4, 1), (4, 4, 1), (4, 4, 1), (4, 8, 2),   # scale 1 (32x32), then down to 16x16
+        (8, 8, 1), (8, 8, 1), (8, 12, 2),             # scale 2 (16x16), then down to 8x8
+        (12, 12, 1), (12, 12, 1)]                     # scale 3 (8x8)
+    assert all(c.kernel_size == (3, 3) and c.bias is not None for c in convs)
+    assert enc.fc.in_features == 12 * 8 * 8 and enc.fc.bias is not None

@@ -47,3 +47,15 @@ def test_dcgan_losses_known_values():
     assert out["d_real"].item() == pytest.approx(0.5)
     # G's loss is measured after D's update moved the head a little: close to log 2
     assert out["loss_g"].item() == pytest.approx(np.log(2), abs=0.05)
+
+
+def test_discriminator_biases_per_normalisation():
+    """Bias presence of the shared D against dcgan.torch's netD (no bias anywhere with BatchNorm)
+    and, for the critics without BatchNorm (WGAN-GP's layer norm, DRAGAN's none), biases in the
+    middle convolutions only: the first conv and the head keep dcgan.torch's bias-free layers
+    (the departure WGAN-GP's and DRAGAN's docstrings name; their TF code has biases everywhere)."""
+    for norm, middle in (("batch", False), ("layer", True), ("none", True)):
+        D = common.DCGANDiscriminator(3, (32, 32), width=4, norm=norm)
+        convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert [c.bias is not None for c in convs] == [False, middle, middle, False], norm
+        assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 4), (4, 8), (8, 16), (16, 1)]
