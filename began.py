@@ -56,6 +56,7 @@ HYPERPARAMETERS = dict(
     width=Hyper(128, small=16),  # n (§3.5, Fig. 1); carpedm20: conv_hidden_num 128
     g_lr=Hyper(8e-5, small=3e-4),  # §4.1: an initial rate in [5e-5, 1e-4]
     d_lr=Hyper(8e-5, small=3e-4),
+    optimizer=Hyper("adam"),  # §4.1: Adam
     gamma=Hyper(0.5, "diversity ratio γ = E[L(G(z))] / E[L(x)]; higher: more diversity, less sharpness",
                 small=1.0),  # §4.1 / Fig. 2: γ = 0.5 for most figures
     lambda_k=Hyper(0.001, "gain λ_k of the k_t control", small=0.01),  # §3.4: λ_k = 0.001
@@ -158,9 +159,8 @@ class BEGAN(common.GAN):
         C, H, W = shape
         self.D = AutoEncoder(args.h_dim or args.z_dim, C, (H, W), args.width).to(device)
         self.G = Decoder(args.z_dim, C, (H, W), args.width).to(device)  # D's decoder's shape, own weights
-        betas = (args.beta1, args.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+        self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
+        self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
         self.k = torch.zeros((), device=device)          # k_0 = 0
         self.k_stuck = torch.zeros((), dtype=torch.long, device=device)  # steps in a row with k_t at 0 or 1
         self.m_window = torch.zeros((), device=device)   # sum of M_global over the current stall window

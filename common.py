@@ -86,6 +86,18 @@ class GAN:
         return self._draw(torch.randn, n, (self.args.z_dim,), generator, device)
 
     # ---- updates -------------------------------------------------------------------------
+    def optimizer(self, params, lr: float) -> torch.optim.Optimizer:
+        """The optimizer --optimizer names (the paper's by default) for params: Adam with
+        (--beta1, --beta2), RMSProp or SGD, each with PyTorch's other defaults."""
+        a = self.args
+        if a.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=(a.beta1, a.beta2))
+        if a.optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, lr=lr)
+        if a.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr)
+        raise UserError(f"unknown optimizer {a.optimizer!r} (adam, rmsprop or sgd)")
+
     def _scaler(self, opt):
         for k, o in self.optimizers().items():
             if o is opt:

@@ -39,6 +39,7 @@ HYPERPARAMETERS = dict(
     width=Hyper(64, small=32, source="the authors' code"),  # ngf = ndf = 64
     g_lr=Hyper(2e-4),       # "learning rate of 0.0002"
     d_lr=Hyper(2e-4),
+    optimizer=Hyper("adam"),  # §4: Adam
     beta1=Hyper(0.5, "Adam beta1 (0.9 'resulted in training oscillation')"),  # "momentum term beta1 at 0.5"
     beta2=Hyper(0.999, "Adam beta2", source="Adam's default"),
 )
@@ -59,9 +60,8 @@ class DCGAN(common.GAN):
         self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
         # Discriminator: strided convs, LeakyReLU(0.2), BatchNorm on all layers but the first
         self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
-        betas = (args.beta1, args.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+        self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
+        self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 
     def train_step(self, real):
         x = real()                                   # (B, C, H, W) in [-1, 1]

@@ -45,6 +45,7 @@ HYPERPARAMETERS = dict(
     # the authors' code: Adam(learning_rate=1e-4, beta1=0.5, beta2=0.9) for both networks
     g_lr=Hyper(1e-4, source="the authors' code"),
     d_lr=Hyper(1e-4, source="the authors' code"),
+    optimizer=Hyper("adam", source="the authors' code"),  # Adam
     gp_lambda=Hyper(10.0, "weight λ of the gradient penalty (paper: λ ≈ 10)", source="the authors' code",
                     type=common.non_negative, aliases=("--lambda-gp",)),
     perturb=Hyper("authors", "x̂ = x + α·0.5·std(x)·U[0,1) as the authors' code, or x + N(0, c·I) as the "
@@ -72,9 +73,8 @@ class DRAGAN(common.GAN):
         self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
         # No BatchNorm in D: the penalty is per sample, and batch statistics would couple samples.
         self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="none").to(device)
-        betas = (args.beta1, args.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+        self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
+        self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 
     def perturb(self, x):
         """Points x̂ (B, C, H, W) near the real batch x, where the penalty is taken."""

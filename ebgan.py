@@ -46,6 +46,7 @@ HYPERPARAMETERS = dict(
     width=Hyper(64, small=32),  # appendix (64x64): encoder (64)4c2s-(128)4c2s-(256)4c2s
     g_lr=Hyper(1e-3),  # §4.1: "learning rate 0.001 and Adam ... for both G and D"
     d_lr=Hyper(1e-3),
+    optimizer=Hyper("adam"),  # §4.1: Adam
     energy=Hyper("l2", "D(x): 'l2' the norm ||Dec(Enc(x)) - x|| of the paper's Eq. 13, or 'mse' the per-sample "
                  "mean squared error most implementations use (no square root)", choices=("l2", "mse")),
     margin=Hyper(None, "hinge margin m in units of --energy (default: the paper's m for the data set, scaled "
@@ -107,9 +108,8 @@ class EBGAN(common.GAN):
             args.margin = default_margin(args.dataset, shape, args.energy)
         self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
         self.D = AutoEncoderD(C, args.width).to(device)
-        betas = (args.beta1, args.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+        self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
+        self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 
     def energy(self, x):
         """D(x) per sample (B,) and the encoder code S (B, 4w, h, w)."""

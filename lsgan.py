@@ -48,6 +48,7 @@ HYPERPARAMETERS = dict(
     # their handwritten characters (train_chn.py) use 0.0002, which stalled on the digits (docstring)
     g_lr=Hyper(1e-3, source="the authors' code for LSUN scenes"),
     d_lr=Hyper(1e-3, source="the authors' code for LSUN scenes"),
+    optimizer=Hyper("adam"),  # §4.1: Adam
     abc=Hyper((0.0, 1.0, 1.0), "labels: a for fakes and b for reals in D's loss, c in G's loss (the paper's Eq. 9, "
           "used in its experiments; --abc -1,1,0 is Eq. 8, minimising Pearson chi^2)",
           type=abc_labels, metavar="A,B,C"),
@@ -72,9 +73,8 @@ class LSGAN(common.GAN):
         # DCGAN networks (paper §3.3 builds on DCGAN); D's output is linear: no sigmoid (§3.2)
         self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
         self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
-        betas = (args.beta1, args.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+        self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
+        self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 
     def train_step(self, real):
         x = real()                                   # (B, C, H, W) in [-1, 1]

@@ -40,6 +40,9 @@ HYPERPARAMETERS = dict(
     width=Hyper(64, small=32, source="the authors' code"),  # ngf = ndf = 64 (the DCGAN generator and critic)
     g_lr=Hyper(5e-5, small=2e-4),  # Algorithm 1: alpha = 0.00005 (RMSProp); the digits: see the docstring
     d_lr=Hyper(5e-5, small=2e-4),
+    optimizer=Hyper("rmsprop"),  # Algorithm 1: RMSProp; the paper: Adam made the critic's training unstable
+    beta1=Hyper(0.5, "Adam beta1, with --optimizer adam", source="DCGAN's"),
+    beta2=Hyper(0.999, "Adam beta2, with --optimizer adam", source="Adam's default"),
     n_critic=Hyper(5, "critic updates per generator update", type=common.positive_int),  # Algorithm 1: n_critic = 5
     clip=Hyper(0.01, "every critic parameter is clipped to [-clip, clip]"),  # Algorithm 1: c = 0.01
     # the authors' code: Diters = 100 for the first 25 generator iterations and every 500th
@@ -63,9 +66,10 @@ class WGAN(common.GAN):
         # BatchNorm kept, as in the paper's experiments, and no sigmoid (f is a real-valued score).
         self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
         self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
-        # Algorithm 1: RMSProp; §4: a momentum optimizer (Adam) on the critic made training unstable
-        self.opt_g = torch.optim.RMSprop(self.G.parameters(), lr=args.g_lr)
-        self.opt_d = torch.optim.RMSprop(self.D.parameters(), lr=args.d_lr)
+        # Algorithm 1: RMSProp (--optimizer); a momentum optimizer (Adam) on the critic made
+        # training unstable, the paper says
+        self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)
+        self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 
     def critic_iters(self) -> int:
         # The authors' code: "if gen_iterations < 25 or gen_iterations % 500 == 0: Diters = 100"

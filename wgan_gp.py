@@ -52,6 +52,7 @@ HYPERPARAMETERS = dict(
     width=Hyper(64, small=32, source="the authors' code"),  # DIM = 64
     g_lr=Hyper(1e-4),  # Algorithm 1: alpha = 0.0001 (Adam)
     d_lr=Hyper(1e-4),
+    optimizer=Hyper("adam"),  # Algorithm 1: Adam
     arch=Hyper("dcgan", "networks: the DCGAN stack, or the paper's ResNet (appendix; the authors' gan_64x64.py)",
                choices=("dcgan", "resnet"), source="not the paper's ResNet: the cheaper of the two on a CPU"),
     critic_norm=Hyper("layer", "normalisation in the critic (never BatchNorm)", choices=("layer", "none")),  # §4
@@ -168,9 +169,8 @@ class WGANGP(common.GAN):
             # sample, and batch statistics make each sample's score depend on the others).
             self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
             self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm=args.critic_norm).to(device)
-        betas = (args.beta1, args.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.g_lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.d_lr, betas=betas)
+        self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
+        self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 
     def penalty(self, x, fake):
         """The penalty (before lambda) at x^ between x and x~, and each sample's gradient norm (B,)."""

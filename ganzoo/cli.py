@@ -86,6 +86,16 @@ def non_negative(text):
     return v
 
 
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+
+
+def optimizer_name(text):
+    """An argparse type: one of OPTIMIZERS."""
+    if text not in OPTIMIZERS:
+        raise argparse.ArgumentTypeError(f"unknown optimizer {text!r} (adam, rmsprop or sgd)")
+    return text
+
+
 def ema_beta(text):
     try:
         v = float(text)
@@ -121,6 +131,8 @@ SHARED = {
     "width": ("base channel width of the networks", positive_int),
     "g_lr": ("generator learning rate", float),
     "d_lr": ("discriminator / critic learning rate", float),
+    "optimizer": ("optimizer of both networks: adam (with --beta1, --beta2), rmsprop (PyTorch's defaults: "
+                  "alpha 0.99, no momentum) or sgd (plain)", optimizer_name),
 }
 
 

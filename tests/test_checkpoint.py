@@ -94,6 +94,9 @@ def test_an_old_checkpoint_resumes_as_todays_code_runs(tmp_path, model, request)
         for k, v in sd.items():
             torch.testing.assert_close(old["nets"][net][k], v, rtol=0, atol=2e-6, msg=f"{net}.{k}")
     assert old["data"] == new["data"] and torch.equal(old["rng"]["torch"], new["rng"]["torch"])
+    paper = "rmsprop" if model == "wgan" else "adam"  # flags added since: their defaults, the old behaviour
+    assert "optimizer" not in torch.load(OLD / model / "checkpoint.pt", weights_only=True)["config"]
+    assert old["config"]["optimizer"] == new["config"]["optimizer"] == paper
 
 
 def test_an_old_dragan_checkpoint_keeps_its_penalty_weight_under_the_new_name(tmp_path, capsys):
@@ -113,8 +116,14 @@ def test_an_old_checkpoint_samples(tmp_path, model):
     assert (tmp_path / "g.png").stat().st_size > 0
 
 
-def test_upgrade_config_renames_only_what_was_renamed():
+def test_upgrade_config_renames_and_fills_in_what_is_new():
     import dragan
-    assert upgrade_config({"lambda_gp": 5.0, "seed": 1}, dragan.HYPERPARAMETERS) == {"gp_lambda": 5.0, "seed": 1}
-    assert upgrade_config({"lambda_gp": 5.0, "gp_lambda": 7.0}, dragan.HYPERPARAMETERS)["gp_lambda"] == 7.0
-    assert renames(dragan.HYPERPARAMETERS) == {"lambda_gp": "gp_lambda"}
+    hypers = dragan.HYPERPARAMETERS
+    cfg = upgrade_config({"lambda_gp": 5.0, "seed": 1, "batch_size": 8}, hypers)
+    assert cfg["gp_lambda"] == 5.0 and "lambda_gp" not in cfg and cfg["seed"] == 1 and cfg["batch_size"] == 8
+    # a flag the old config lacks takes its default (the behaviour before the flag existed) ...
+    assert cfg["optimizer"] == "adam" and cfg["perturb"] == "authors" and cfg["beta2"] == 0.9
+    # ... unless its default depends on the data set (a small-data value): resolve_data_args decides
+    assert "steps" not in cfg and "width" not in cfg
+    assert upgrade_config({"lambda_gp": 5.0, "gp_lambda": 7.0}, hypers)["gp_lambda"] == 7.0
+    assert renames(hypers) == {"lambda_gp": "gp_lambda"}

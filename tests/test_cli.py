@@ -62,7 +62,7 @@ def test_the_old_spelling_of_a_renamed_flag_still_works(capsys):
     import dragan
     p = dragan.build_parser()
     assert p.parse_args(["--lambda-gp", "3"]).gp_lambda == p.parse_args(["--gp-lambda", "3"]).gp_lambda == 3.0
-    assert upgrade_config({"lambda_gp": 5.0}, dragan.HYPERPARAMETERS) == {"gp_lambda": 5.0}
+    assert upgrade_config({"lambda_gp": 5.0}, dragan.HYPERPARAMETERS)["gp_lambda"] == 5.0
     assert run_main("dragan", ["--gp-lambda", "-1"]) == 2  # still validated: a weight >= 0
     assert "not a number >= 0" in capsys.readouterr().err
 

@@ -13,6 +13,8 @@ from PIL import Image
 
 import common
 import dcgan
+import pytest
+
 from ganzoo.data import resolve_data_args
 from ganzoo.loop import Meter, one_step
 from conftest import ROOT, TINY, one_error_line, run_main, run_script
@@ -151,3 +153,27 @@ def test_one_step_marks_the_first_non_finite_step_without_waiting():
         scalars, bad = one_step(model, args, real, torch.autocast("cpu", enabled=False), step, bad)
         assert set(scalars) == {"loss_d", "loss_g", "d_real", "d_fake"} and scalars["loss_d"].dim() == 0
     assert int(bad) == 5  # generator update number 5 produced the NaN; later ones do not move it
+
+
+@pytest.mark.parametrize("optimizer,state_key", [("adam", "exp_avg"), ("rmsprop", "square_avg"), ("sgd", None)])
+def test_each_optimizer_trains_and_resumes_bitwise(tmp_path, optimizer, state_key):
+    flags = ["--batch-size", "8", "--width", "4", "--image-size", "16", "--log-every", "3", "--sample-every", "3",
+             "--checkpoint-every", "3", "--no-progress", "--optimizer", optimizer, "--g-lr", "0.01"]
+    assert run_main("dcgan", flags + ["--steps", "6", "--out", tmp_path / "full"]) == 0
+    assert run_main("dcgan", flags + ["--steps", "3", "--out", tmp_path / "half"]) == 0
+    assert run_main("dcgan", ["--resume", tmp_path / "half", "--steps", "6", "--no-progress"]) == 0
+    (cf, wf), (ch, wh) = weights(tmp_path / "full"), weights(tmp_path / "half")
+    assert cf["config"]["optimizer"] == ch["config"]["optimizer"] == optimizer
+    assert all(torch.equal(wf[k], wh[k]) for k in wf)
+    state = cf["optimizers"]["G"]["state"]
+    assert (state_key in state[0]) if state_key else all(v.get("momentum_buffer") is None for v in state.values())
+    assert cf["optimizers"]["G"]["param_groups"][0]["lr"] == 0.01
+
+
+def test_an_unknown_optimizer_is_one_line_and_a_resume_keeps_its_own(tmp_path, capsys):
+    assert run_main("dcgan", TINY + ["--optimizer", "lion"]) == 2
+    assert "unknown optimizer 'lion' (adam, rmsprop or sgd)" in one_error_line(capsys.readouterr().err)
+    assert run_main("wgan", TINY + ["--n-critic", "1", "--out", tmp_path / "w"]) == 0
+    capsys.readouterr()
+    assert run_main("wgan", ["--resume", tmp_path / "w", "--steps", "6", "--optimizer", "adam"]) == 2
+    assert "--optimizer 'rmsprop'" in one_error_line(capsys.readouterr().err)  # WGAN's paper default, kept
