@@ -27,7 +27,7 @@ from ganzoo.errors import Diverged, UserError
 from ganzoo.evaluation import training_evaluator
 from ganzoo.loop import train
 from ganzoo.sample import sample
-from ganzoo.scale import all_mean, all_reduce_grads, distributed, full_precision, rank, world
+from ganzoo.scale import all_mean, all_reduce_grads, distributed, full_precision, leave_together, rank, world
 
 __all__ = ["GAN", "DCGANGenerator", "DCGANDiscriminator", "dcgan_init", "norm2d", "levels", "Hyper",
            "make_parser", "positive_int", "non_negative_int", "non_negative", "full_precision", "main"]
@@ -255,13 +255,16 @@ def main(model_cls, parser, argv=None) -> int:
             return sample(model_cls, args)
         if args.interpolate:
             raise UserError("--interpolate goes with --sample CHECKPOINT")
-        return train(model_cls, args, explicit_flags(parser, argv), make_evaluator=training_evaluator)
+        code = train(model_cls, args, explicit_flags(parser, argv), make_evaluator=training_evaluator)
+        leave_together()
+        return code
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    except Diverged as e:
+    except Diverged as e:  # every rank stops at the same step (the ranks agree on divergence)
         if rank() == 0:
             print(f"{parser.prog}: {e}", file=sys.stderr)
+        leave_together()
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         print(f"{parser.prog}: interrupted", file=sys.stderr)

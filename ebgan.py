@@ -30,7 +30,6 @@ Departures from the paper (and choices where it is silent), each named where the
 """
 import math
 
-import torch
 import torch.nn as nn
 
 import common

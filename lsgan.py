@@ -24,7 +24,6 @@ Departures from the paper, each named where the code has it:
 """
 import argparse
 
-import torch
 
 import common
 

@@ -4,6 +4,7 @@ EMA of G's weights."""
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 
 import torch
@@ -91,6 +92,23 @@ def agree(bad_step: torch.Tensor, stop_hit: bool):
     t = torch.stack([bad_step, torch.tensor(int(stop_hit), device=bad_step.device)])
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return t[0], bool(t[1])
+
+
+def leave_together(timeout_s: float = 120.0) -> None:
+    """Under torchrun, at the end of a run: wait until every rank is done (rank 0 writes the
+    last checkpoint and the timeline after the others' last step), so that no rank tears
+    down the process group while another still uses its connections (with gloo, a rank
+    that left first sometimes died in C++ with 'terminate called without an active
+    exception'). A rank that does not come within the timeout is not waited for."""
+    if world() == 1:
+        return
+    try:
+        if torch.distributed.get_backend() == "gloo":
+            torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+        else:
+            torch.distributed.barrier()
+    except RuntimeError:
+        pass
 
 
 # ---- precision ---------------------------------------------------------------------------
