@@ -24,7 +24,6 @@ Departures from the paper, each named where the code has it:
 """
 import argparse
 
-
 import common
 
 # ---- hyperparameters: the paper's (§3.2, §4.1) and its authors' code -------------------
