@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
+from evaluate import model_class  # noqa: E402
 from ganzoo.batches import Batches  # noqa: E402
 from ganzoo.data import Images  # noqa: E402
 from ganzoo.loop import one_step  # noqa: E402
@@ -49,11 +49,6 @@ SETTINGS = {
 }
 
 
-def model_class(module):
-    return next(v for v in vars(module).values()
-                if isinstance(v, type) and issubclass(v, common.GAN) and v is not common.GAN)
-
-
 def build(name, flags, size, batch, device):
     import importlib
     mod = importlib.import_module(name)
@@ -64,7 +59,7 @@ def build(name, flags, size, batch, device):
         if getattr(args, k) is None:
             setattr(args, k, args._paper[k])
     torch.manual_seed(0)
-    model = prepare_model(model_class(mod)(args, (3, size, size), device), args, for_training=True)
+    model = prepare_model(model_class(name)(args, (3, size, size), device), args, for_training=True)
     data = Images(torch.randint(0, 256, (max(1024, 4 * args.batch_size), 3, size, size), dtype=torch.uint8))
     batches = Batches(data, args.batch_size, 0, device, channels_last=channels_last(args, device))
     amp = autocast(args, device)

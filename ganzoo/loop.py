@@ -35,7 +35,7 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
     device = setup_device(args)
     data = load_data(args)
     model = prepare_model(model_cls(args, tuple(data.shape), device), args, for_training=True)
-    start, fixed_z = restore_run(model, ckpt, ckpt_file, tuple(data.shape))
+    start, fixed_z = restore_run(model, ckpt, ckpt_file)
     batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None,
                       channels_last=channels_last(args, device))
     amp = autocast(args, device)
@@ -138,15 +138,16 @@ def setup_device(args) -> torch.device:
     return device
 
 
-def restore_run(model, ckpt, ckpt_file, shape):
+def restore_run(model, ckpt, ckpt_file):
     """(first step, the fixed z of the grids): 0 and a fresh z, or the checkpoint's with its
     networks, optimizers and random state restored."""
     g = torch.Generator().manual_seed(model.args.seed + 1)
     fixed_z = model.sample_z(64, generator=g, device=torch.device("cpu"))
     if ckpt is None:
         return 0, fixed_z.to(model.device)
-    if list(ckpt["shape"]) != list(shape):
-        raise UserError(f"{ckpt_file}: trained on images of shape {tuple(ckpt['shape'])}, this data gives {shape}")
+    if list(ckpt["shape"]) != list(model.shape):
+        raise UserError(f"{ckpt_file}: trained on images of shape {tuple(ckpt['shape'])}, "
+                        f"this data gives {tuple(model.shape)}")
     restore(model, ckpt, ckpt_file)
     restore_rng(ckpt, model.device)
     return int(ckpt["step"]), ckpt["fixed_z"].to(model.device)

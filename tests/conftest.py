@@ -34,11 +34,10 @@ def run_main(module, argv, capsys=None):
     """Run a script's main() in this process (fast: torch is already imported)."""
     import importlib
     import common
+    import evaluate
     mod = importlib.import_module(module)
-    cls = next(v for v in vars(mod).values()
-               if isinstance(v, type) and issubclass(v, common.GAN) and v is not common.GAN)
     try:
-        return common.main(cls, mod.build_parser(), [str(a) for a in argv])
+        return common.main(evaluate.model_class(module), mod.build_parser(), [str(a) for a in argv])
     except SystemExit as e:  # argparse errors
         return e.code
 

@@ -4,6 +4,7 @@ import importlib
 
 import pytest
 
+import evaluate
 from ganzoo.checkpoint import upgrade_config
 from ganzoo.cli import SHARED, explicit_flags, image_size
 from conftest import MODELS, run_main
@@ -28,8 +29,7 @@ def test_each_hyperparameter_is_declared_once_and_its_help_says_it_all(model):
     default, where it comes from, and the built-in digits' value when that differs."""
     mod = importlib.import_module(model)
     hypers = mod.HYPERPARAMETERS
-    cls = next(v for v in vars(mod).values() if isinstance(v, type) and getattr(v, "name", None) == model)
-    assert cls.hyperparameters is hypers
+    assert evaluate.model_class(model).hyperparameters is hypers
     assert set(SHARED) <= set(hypers)  # the shared flags get the model's paper defaults
     parser = mod.build_parser()
     for name, h in hypers.items():

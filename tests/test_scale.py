@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-import common
+import evaluate
 from ganzoo import loop
 from conftest import ROOT, TINY, one_error_line, run_main
 
@@ -132,8 +132,7 @@ def test_a_forward_after_an_update_under_amp_uses_the_new_weights(amp):
 def test_gradient_penalty_is_fp32_under_autocast(module, make):
     """Under --amp the gradient at x^ is taken through an fp32 pass of D: the penalty equals
     the one computed without autocast, to fp32 rounding (a bf16 pass would be ~1e-2 off)."""
-    cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, common.GAN)
-               and v is not common.GAN)
+    cls = evaluate.model_class(module.__name__)
     torch.manual_seed(0)
     model = cls(_args(module), (1, 16, 16), torch.device("cpu"))
     x = torch.rand(8, 1, 16, 16) * 2 - 1
@@ -172,8 +171,7 @@ def test_channels_last_changes_layout_not_results(tmp_path):
 @pytest.mark.parametrize("module,d_compiled", [(dcgan, True), (wgan_gp, False), (dragan, False)])
 def test_compile_skips_a_critic_that_is_differentiated_twice(monkeypatch, module, d_compiled):
     monkeypatch.setenv("GAN_COMPILE_BACKEND", "eager")  # no C++ toolchain needed
-    cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, common.GAN)
-               and v is not common.GAN)
+    cls = evaluate.model_class(module.__name__)
     args = _args(module, "--compile")
     model = prepare_model(cls(args, (1, 16, 16), torch.device("cpu")), args, True)
     assert model.G._compiled_call_impl is not None
