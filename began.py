@@ -38,7 +38,6 @@ Departures from the paper (and choices where it is silent), each named where the
 - A warning line goes to stderr when k_t sits at 0 or 1 for 1,000 steps in a row (once per
   such episode): D and G are out of balance.
 """
-import math
 
 import torch
 import torch.nn as nn
@@ -91,8 +90,9 @@ def glorot_init(module: nn.Module) -> None:
 
 
 def _scales(hw) -> int:
-    """Number of scales: the smallest map has a short side of 8 (16 -> 2 scales, 64 -> 4)."""
-    return int(math.log2(min(hw))) - 2
+    """Number of scales, carpedm20's repeat_num = int(log2(H)) - 2: the smallest map has a
+    short side of 8 to 14 (16 -> 2 scales of 16 and 8, 64 -> 4, 28 -> 2 of 28 and 14)."""
+    return common.levels(hw)
 
 
 class Decoder(nn.Module):

@@ -16,13 +16,13 @@ scale, images, metrics) is in the ganzoo package, one module per concern.
 """
 from __future__ import annotations
 
-import math
 import sys
 
 import torch
 import torch.nn as nn
 
-from ganzoo.cli import Hyper, explicit_flags, make_parser, non_negative, non_negative_int, positive_int
+from ganzoo.cli import (VALID_SIDES, Hyper, explicit_flags, make_parser, non_negative, non_negative_int, positive_int,
+                        side_levels)
 from ganzoo.errors import Diverged, UserError
 from ganzoo.evaluation import training_evaluator
 from ganzoo.loop import train
@@ -163,9 +163,13 @@ class GAN:
 # --------------------------------------------------------------------------------------
 
 def levels(hw) -> int:
-    """Number of stride-2 stages between the smallest map and the image: the smallest map
-    has a shortest side of 4 (4x4 for a square image, 4x8 for 128x256)."""
-    return int(math.log2(min(hw))) - 2
+    """Number of stride-2 stages between the smallest map and the image. Each side is
+    h0·2^k with h0 in 4..7 (ganzoo.cli.image_size checks it); the stages are the smaller k,
+    so the smallest map's short side is 4 to 7: 4x4 at 64x64, 7x7 at 28x28, 4x8 at 128x256."""
+    ks = [side_levels(s) for s in hw]
+    if None in ks:
+        raise ValueError(f"no conv stack for size {hw}: each side must be {VALID_SIDES}")
+    return min(ks)
 
 
 def norm2d(kind: str, ch: int) -> nn.Module:

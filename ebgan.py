@@ -23,7 +23,8 @@ Departures from the paper (and choices where it is silent), each named where the
   configuration"); D's encoder is the paper's 64x64 one, (64)4c2s-(128)4c2s-(256)4c2s,
   its decoder the mirror image, BatchNorm on all but the first and last layer and
   LeakyReLU(0.2) (as khanrc/tf.gans-comparison reads the appendix); the three stride-2
-  stages are kept at every image size. Batch 128 and z ~ N(0, I) of 100 dims are DCGAN's.
+  stages are kept at every image size whose sides halve three times, and two are used
+  where they do not (28x28: 28 -> 14 -> 7). Batch 128 and z ~ N(0, I) of 100 dims are DCGAN's.
 - On the built-in digits the networks are narrower (width 32, not 64), the batch is 64
   and the run 2,000 generator updates, so that it takes minutes on a CPU. The paper gives
   no step count for faces; a folder run defaults to 20,000 updates.
@@ -70,25 +71,36 @@ def default_margin(dataset, shape, energy):
     return rms * math.sqrt(math.prod(shape)) if energy == "l2" else rms ** 2
 
 
+def stages(hw, most: int = 3) -> int:
+    """The paper's three stride-2 stages where both sides halve exactly three times; fewer
+    where they do not (28x28: two, 28 -> 14 -> 7, since 7 cannot be halved)."""
+    n = 0
+    while n < most and all(side % 2 ** (n + 1) == 0 for side in hw):
+        n += 1
+    return n
+
+
 class AutoEncoderD(nn.Module):
     """image (B, C, H, W) -> reconstruction (B, C, H, W) and encoder code S (B, 4w, H/8, W/8).
     The paper's 64x64 D (appendix): encoder (64)4c2s-(128)4c2s-(256)4c2s, decoder
     (128)4c2s-(64)4c2s-(C)4c2s; LeakyReLU(0.2), BatchNorm but on the first and last layer,
-    linear output."""
+    linear output. At 28x28 the last stage of each is dropped (see stages()): the code is
+    (B, 2w, 7, 7)."""
 
-    def __init__(self, channels, width=64):
+    def __init__(self, channels, width=64, hw=(64, 64)):
         super().__init__()
-        w = width
-        self.encoder = nn.Sequential(
-            nn.Conv2d(channels, w, 4, 2, 1), nn.LeakyReLU(0.2, True),                    # (B, w, H/2, W/2)
-            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * w, 4 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * w), nn.LeakyReLU(0.2, True),
-        )                                                                                # (B, 4w, H/8, W/8)
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2, True),
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.LeakyReLU(0.2, True),
-            nn.ConvTranspose2d(w, channels, 4, 2, 1),                                    # (B, C, H, W)
-        )
+        S, w = stages(hw), width
+        enc = [nn.Conv2d(channels, w, 4, 2, 1), nn.LeakyReLU(0.2, True)]                 # (B, w, H/2, W/2)
+        for i in range(1, S):                                                            # (B, 2^i w, H/2^(i+1), ...)
+            enc += [nn.Conv2d(w * 2 ** (i - 1), w * 2 ** i, 4, 2, 1, bias=False), nn.BatchNorm2d(w * 2 ** i),
+                    nn.LeakyReLU(0.2, True)]
+        self.encoder = nn.Sequential(*enc)                                               # (B, 4w, H/8, W/8)
+        dec = []
+        for i in range(S - 1, 0, -1):
+            dec += [nn.ConvTranspose2d(w * 2 ** i, w * 2 ** (i - 1), 4, 2, 1, bias=False),
+                    nn.BatchNorm2d(w * 2 ** (i - 1)), nn.LeakyReLU(0.2, True)]
+        dec.append(nn.ConvTranspose2d(w, channels, 4, 2, 1))                             # (B, C, H, W)
+        self.decoder = nn.Sequential(*dec)
         common.dcgan_init(self)
 
     def forward(self, x):
@@ -106,7 +118,7 @@ class EBGAN(common.GAN):
         if args.margin is None:  # resolved here, so that config.json records the value used
             args.margin = default_margin(args.dataset, shape, args.energy)
         self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
-        self.D = AutoEncoderD(C, args.width).to(device)
+        self.D = AutoEncoderD(C, args.width, (H, W)).to(device)
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
         self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import Images, StackedDigits, StreamedFolder, collate_skip
+from .data import Images, Stacked, StreamedFolder, collate_skip
 from .errors import UserError
 from .scale import rank, world
 
@@ -34,7 +34,7 @@ class Batches:
                             + f" is larger than the data set ({len(data)} images)")
         self._loader_iter = None
         self._x = None
-        if isinstance(data, Images) and not isinstance(data, StackedDigits):
+        if isinstance(data, Images) and not isinstance(data, Stacked):
             self._x = data.x
             if device.type == "cuda":  # keep the decoded uint8 data on the GPU when it fits
                 free, _ = torch.cuda.mem_get_info(device)

