@@ -3,26 +3,31 @@
     python compare.py --dataset stacked-digits --steps 2000 --seeds 3      # all seven
     python compare.py --models dcgan lsgan --steps 2000 --seeds 3 --out runs/cmp
     python compare.py --models dcgan wgan -- --eval-every 500             # flags after -- go to every script
+    python compare.py --dataset fashion-mnist --steps 2000 --jobs 2       # two trainings at once
 
 Each script is run as a user would (python X.py --dataset D --image-size S --steps N --seed k
 --out OUT/X/seed<k> --no-progress, output in OUT/X/seed<k>/train.log): the same data,
 image size, number of generator updates and seeds for all, and every other setting the
 script's own default on that data (batch size, width, learning rates, critic iterations
-differ between scripts; the built-in data sets use each script's documented small-data
-departures). Seeds 1..k are used: seed 0, every script's default, is the one the defaults
-were developed on. The LAST checkpoint of each run is evaluated (no picking), then:
+differ between scripts; the small data sets use each script's documented small-data
+departures). Seeds 10..10+k-1 are used (--first-seed): seeds 0-2 are the ones the defaults
+were chosen on, so a table never scores the runs its settings were tuned against. The LAST
+checkpoint of each run is evaluated (no picking), then:
 
     OUT/results.md     the table: each metric as mean ± std over seeds, images/s, wall time
     OUT/results.json   the same, with every run's numbers
     OUT/gallery.png    one row of samples per model (and one of real images), from one fixed z seed
 
-Interrupted, the same command continues: finished runs (checkpoint at --steps) are not
+--jobs N trains N runs at once, each with its share of the CPU threads (OMP_NUM_THREADS,
+unless set) or, with several GPUs, each on its own GPU in turn. Interrupted, the same
+command continues: finished runs (checkpoint at --steps) are not
 redone, an unfinished run resumes from its checkpoint, and evaluations are kept in each
 run's eval.json.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -39,6 +44,7 @@ from evaluate import evaluate_checkpoint, load_model
 from ganzoo import metrics
 from ganzoo.checkpoint import CHECKPOINT, load_checkpoint
 from ganzoo.cli import HelpFormatter, image_size, positive_int, size_str
+from ganzoo.data import LABELLED, default_image_size, load_data, resolve_data_args
 from ganzoo.errors import UserError
 from ganzoo.evaluation import evaluate_real, fmt, scorer
 from ganzoo.images import grid
@@ -54,11 +60,14 @@ def build_parser():
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
                    help="scripts to compare (default: all seven)")
-    p.add_argument("--dataset", choices=metrics.DATASETS, default="stacked-digits", help="data for every run")
-    p.add_argument("--image-size", type=image_size, default=(32, 32),
-                   help="image size for every run (default: 32)")
+    p.add_argument("--dataset", choices=LABELLED, default="stacked-digits", help="data for every run")
+    p.add_argument("--path", default=None, help="the data set's files, where it takes --path (see a script's --help)")
+    p.add_argument("--image-size", type=image_size, default=None,
+                   help="image size for every run (default: the data set's, 28 for the MNIST family, else 32)")
     p.add_argument("--steps", type=positive_int, default=2000, help="generator updates of every run")
-    p.add_argument("--seeds", type=positive_int, default=3, help="runs per model, seeds 1..SEEDS")
+    p.add_argument("--seeds", type=positive_int, default=3, help="runs per model")
+    p.add_argument("--first-seed", type=int, default=10,
+                   help="seeds FIRST..FIRST+SEEDS-1 (0-2 are the development seeds the defaults were chosen on)")
     p.add_argument("--n", type=positive_int, default=None,
                    help="samples per evaluation (default: 2,000 for digits, 26,000 for stacked-digits)")
     p.add_argument("--out", type=Path, default=None,
@@ -66,6 +75,8 @@ def build_parser():
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="for training and evaluation")
     p.add_argument("--gallery-n", type=positive_int, default=12, help="samples per gallery row")
+    p.add_argument("--jobs", type=positive_int, default=1, help="trainings run at once")
+    p.add_argument("--train-only", action="store_true", help="train (or resume) the runs and score nothing")
     return p
 
 
@@ -86,7 +97,7 @@ def run_step(run_dir: Path, model: str) -> int | None:
     return int(load_checkpoint(run_dir, model)[0]["step"])
 
 
-def train(model: str, seed: int, run_dir: Path, args, script_args) -> str | None:
+def train(model: str, seed: int, run_dir: Path, args, script_args, env=None) -> str | None:
     """Train (or resume, or skip) one run; returns None when it reached --steps, else why not."""
     step = run_step(run_dir, model)
     if step is not None and step > args.steps:
@@ -94,7 +105,8 @@ def train(model: str, seed: int, run_dir: Path, args, script_args) -> str | None
     if step == args.steps:
         return None
     if step is None:
-        cmd = ["--dataset", args.dataset, "--image-size", size_str(args.image_size),
+        cmd = ["--dataset", args.dataset, *(["--path", args.path] if args.path else []),
+               "--image-size", size_str(args.image_size),
                "--steps", args.steps, "--seed", seed, "--out", run_dir, "--device", args.device, *script_args]
     else:
         cmd = ["--resume", run_dir, "--steps", args.steps, "--device", args.device]
@@ -105,7 +117,7 @@ def train(model: str, seed: int, run_dir: Path, args, script_args) -> str | None
     with open(run_dir / "train.log", "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             rc = proc.wait()
         except KeyboardInterrupt:  # the script saves a checkpoint on Ctrl-C too: let it finish
@@ -220,28 +232,61 @@ def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
                   "classifier_accuracy": judge.accuracy, "models": results, "real": real, "runs": runs}
 
 
+def job_env(i: int, jobs: int) -> dict | None:
+    """The environment of the i-th of `jobs` concurrent trainings: its share of the CPU
+    threads (unless OMP_NUM_THREADS is set), and one GPU of several in turn."""
+    if jobs == 1:
+        return None
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+    return env
+
+
+def train_all(args, script_args) -> list[dict]:
+    """Every (model, seed) run trained, resumed or skipped, --jobs at a time."""
+    todo = [(model, seed, args.out / model / f"seed{seed}") for model in args.models
+            for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(train, model, seed, run_dir, args, script_args, job_env(i, args.jobs))
+                   for i, (model, seed, run_dir) in enumerate(todo)]
+        failed = [f.result() for f in futures]
+    return [{"model": m, "seed": k, "run_dir": str(d), "failed": why} for (m, k, d), why in zip(todo, failed)]
+
+
+def check_data(args) -> None:
+    """Fail in one line before any training when the data set cannot be read."""
+    ns = argparse.Namespace(dataset=args.dataset, path=args.path, image_size=args.image_size, channels=None,
+                            batch_size=1, workers=0, data_memory_gb=None)
+    resolve_data_args(ns)
+    load_data(ns)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     own, script_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = build_parser()
     args = parser.parse_args(own)
-    hw = tuple(args.image_size)
+    args.image_size = tuple(args.image_size or default_image_size(args.dataset))
+    hw = args.image_size
     args.out = args.out or Path("runs/compare") / f"{args.dataset}-{size_str(hw)}-{args.steps}steps"
     try:
         device = pick_device(args.device)
-        judge = scorer(args.dataset, hw, device)  # first: a bad setting fails before hours of training
+        check_data(args)  # first: a bad setting fails before hours of training
+        runs = train_all(args, script_args)
+        if args.train_only:
+            done = sum(not r["failed"] for r in runs)
+            print(f"{parser.prog}: {done} of {len(runs)} runs trained to step {args.steps} in {args.out}")
+            return 0 if done == len(runs) else 1
+        judge = scorer(args.dataset, hw, device, args.path)
         args.n = args.n or judge.n
-        runs = []
-        for model in args.models:
-            for seed in range(1, args.seeds + 1):
-                run_dir = args.out / model / f"seed{seed}"
-                run = {"model": model, "seed": seed, "run_dir": str(run_dir),
-                       "failed": train(model, seed, run_dir, args, script_args)}
-                if not run["failed"]:
-                    run.update(evaluation(run_dir, args, device))
-                    run["images_per_s"], run["wall_s"] = speed(run_dir)
-                runs.append(run)
-        real = evaluate_real(args.dataset, hw, device, args.n)
+        for run in runs:
+            if not run["failed"]:
+                run.update(evaluation(Path(run["run_dir"]), args, device))
+                run["images_per_s"], run["wall_s"] = speed(Path(run["run_dir"]))
+        real = evaluate_real(args.dataset, hw, device, args.n, path=args.path)
         pictures = []  # the same z (generate_n's fixed seed) for every model, from its first finished run
         for model in args.models:
             done = [r for r in runs if r["model"] == model and not r["failed"]]
@@ -254,7 +299,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; run the same command again to continue", file=sys.stderr)
         return 130
-    gallery(pictures + [("real", judge.real(args.gallery_n, seed=1))], args.out / "gallery.png")
+    gallery([("real", judge.real(args.gallery_n, seed=1))] + pictures, args.out / "gallery.png")
     text, data = report(args, argv, script_args, runs, real, judge)
     (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -16,7 +16,7 @@ Departures from the paper (and choices where it is silent), each named where the
   here keeps the per-value RMS error these stand for (10/√784 and 20/√12288) and scales it
   to the image size: m = rms·√(C·H·W) for --energy l2 (exactly the paper's m at the
   paper's sizes), m = rms² for --energy mse (the same reconstruction error in MSE units).
-  MNIST's value is used for the digits and MNIST data, CelebA's for folders and CIFAR-10.
+  MNIST's value is used for the digits and the MNIST family, CelebA's for folders and CIFAR-10.
   The paper does not say whether its MNIST pixels were in [0, 1] or [-1, 1]; here they
   are in [-1, 1]. --margin overrides.
 - The networks. G is the DCGAN generator (§4.3 trains EBGAN and DCGAN "under the same
@@ -58,7 +58,7 @@ HYPERPARAMETERS = dict(
 # The paper's margins as the per-value RMS reconstruction error they allow: m = 10 on 28x28
 # MNIST (§4.1), m = 20 on 64x64x3 CelebA (appendix), both L2 norms (Eq. 13).
 MARGIN_RMS = {"mnist": 10 / math.sqrt(28 * 28), "celeba": 20 / math.sqrt(3 * 64 * 64)}
-MNIST_LIKE = ("digits", "stacked-digits", "mnist")
+MNIST_LIKE = ("digits", "stacked-digits", "mnist", "mnist-5k", "stacked-mnist", "fashion-mnist", "stacked-fashion-mnist")
 
 
 def build_parser():

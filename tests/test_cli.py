@@ -39,7 +39,7 @@ def test_each_hyperparameter_is_declared_once_and_its_help_says_it_all(model):
         if h.default is not None:
             assert "default " in text and h.source in text, text
         if h.small is not None:
-            assert f"{h.small} on the built-in digits data" in text, text
+            assert f"{h.small} on the small data sets" in text, text
 
 
 def test_small_values_on_the_built_in_data_and_paper_values_elsewhere(tmp_path):
