@@ -5,15 +5,19 @@
     python evaluate.py --real --dataset stacked-digits     # the real data against itself (the floor)
     python dcgan.py --eval-every 500                        # the same metrics during training
 
-Works for checkpoints of any of the seven scripts trained on the built-in `digits` or
-`stacked-digits` data (the checkpoint names its script; its config rebuilds the networks).
-Samples come from z drawn by a fixed generator (--seed), in eval mode, as sample grids are.
+Works for checkpoints of any of the seven scripts trained on a labelled data set: digits,
+mnist, mnist-5k, fashion-mnist, cifar10 and the stacked sets (the checkpoint names its
+script; its config rebuilds the networks and names the data). A folder of images has no
+labels, so no judge and no metric. Samples come from z drawn by a fixed generator (--seed),
+in eval mode, as sample grids are.
 
-Columns: classes (digits, of 10) or modes (stacked-digits, of 1,000) covered; kl:
-KL(generated || real class histogram), against uniform on stacked-digits; confident: share of
-samples whose top class probability is >= 0.9 (on stacked-digits: all three channels); fd and
-kid: Frechet and kernel distances between classifier features of generated and real images
-(lower is better; comparable within this project only). See ganzoo/metrics.py.
+Columns: classes (of 10) or modes (stacked sets, of 1,000) covered, and confident_modes,
+the modes covered by confidently classified samples only; kl: KL(generated || real class
+histogram), against uniform on the stacked sets; confident: share of samples whose top class
+probability is >= 0.9 (stacked: all three channels); fd and kid: Frechet and kernel distances
+between the judge's features of generated and real images (lower is better; comparable
+within this project only); precision, recall, density, coverage: the same features, k = 5
+(Kynkaanniemi et al. 2019; Naeem et al. 2020). See ganzoo/metrics.py.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import torch
 from ganzoo import metrics
 from ganzoo.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from ganzoo.cli import HelpFormatter, image_size, positive_int
+from ganzoo.data import default_image_size
 from ganzoo.errors import UserError
 from ganzoo.evaluation import METRICS, evaluate_model, evaluate_real, find_checkpoints, markdown, scorer
 from ganzoo.scale import pick_device
@@ -68,6 +73,7 @@ def build_parser():
     p.add_argument("--real", action="store_true", help="add a row scoring real images against the reference")
     p.add_argument("--dataset", choices=metrics.DATASETS, default=None,
                    help="data set of the --real row (default: the first checkpoint's, else digits)")
+    p.add_argument("--path", default=None, help="the --real row's data files, where its data set takes --path")
     p.add_argument("--image-size", type=image_size, default=None,
                    help="image size of the --real row (default: the first checkpoint's, else 32)")
     p.add_argument("--n", type=positive_int, default=None,
@@ -90,16 +96,18 @@ def main(argv=None) -> int:
         rows = [evaluate_checkpoint(p, device, args.n, args.seed) for p in find_checkpoints(args.paths)]
         if args.real:
             dataset = args.dataset or (rows[0]["dataset"] if rows else "digits")
-            hw = args.image_size or (image_size(rows[0]["image_size"]) if rows else (32, 32))
-            rows.append(evaluate_real(dataset, hw, device, args.n))
+            hw = args.image_size or (image_size(rows[0]["image_size"]) if rows else default_image_size(dataset))
+            rows.append(evaluate_real(dataset, hw, device, args.n, path=args.path))
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     for r in rows:
-        r["classifier_accuracy"] = scorer(r["dataset"], image_size(r["image_size"]), device).accuracy
-    judges = sorted({(r["dataset"], r["image_size"], r["classifier_accuracy"]) for r in rows})
+        s = scorer(r["dataset"], image_size(r["image_size"]), device, r.pop("path", None))
+        r["classifier_accuracy"], r["judge"] = s.accuracy, s.source
+    judges = sorted({(r["dataset"], r["image_size"], r["judge"], r["classifier_accuracy"]) for r in rows})
     table = markdown(rows, ("model", "step", "dataset", "image_size", "n") + METRICS + ("checkpoint",))
-    table += "".join(f"\njudge for {d} at {s}: digit classifier, held-out accuracy {a:.1%}\n" for d, s, a in judges)
+    table += "".join(f"\njudge for {d} at {s}: a {j} classifier, held-out accuracy {a:.1%}\n"
+                     for d, s, j, a in judges)
     print(table, end="")
     if args.markdown:
         args.markdown.write_text(table)

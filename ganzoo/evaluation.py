@@ -13,20 +13,21 @@ from .cli import size_str
 from .errors import UserError
 from .sample import generate_n
 
-METRICS = ("classes", "modes", "kl", "confident", "fd", "kid")
+METRICS = ("classes", "modes", "confident_modes", "kl", "confident", "fd", "kid",
+           "precision", "recall", "density", "coverage")
 
 
 @functools.lru_cache(maxsize=None)
-def scorer(dataset: str, hw: tuple, device: torch.device) -> metrics.Scorer:
+def scorer(dataset: str, hw: tuple, device: torch.device, path=None) -> metrics.Scorer:
     """One Scorer per data set, size and device in a process (its reference is costly)."""
-    return metrics.Scorer(dataset, hw, device)
+    return metrics.Scorer(dataset, hw, device, path=path)
 
 
 def training_evaluator(args, device):
     """The --eval-every callback of ganzoo.loop.train(): evaluator(sample_fn) -> {metric:
     float}, where sample_fn(n) returns n generated images (n, C, H, W) in [-1, 1]. Raises
-    UserError when the data set is not digits or stacked-digits."""
-    s = scorer(args.dataset, tuple(args.image_size), device)
+    UserError when the data set has no labels (a folder)."""
+    s = scorer(args.dataset, tuple(args.image_size), device, getattr(args, "path", None))
     return lambda sample_fn: s(sample_fn(s.n))
 
 
@@ -34,20 +35,21 @@ def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, 
     """One row: where, model, step, data, then the metrics of n samples of the model restored
     from `ckpt` (default n: the data set's, 2,000 for digits and 26,000 for stacked-digits)."""
     cfg = ckpt["config"]
-    s = scorer(cfg["dataset"], tuple(cfg["image_size"]), device)
+    s = scorer(cfg["dataset"], tuple(cfg["image_size"]), device, cfg.get("path"))
     n = n or s.n
     return {"checkpoint": where, "model": ckpt["model"], "step": ckpt["step"],
-            "dataset": cfg["dataset"], "image_size": size_str(cfg["image_size"]), "n": n,
+            "dataset": cfg["dataset"], "image_size": size_str(cfg["image_size"]), "n": n, "path": cfg.get("path"),
             **s(generate_n(model, n, seed))}
 
 
-def evaluate_real(dataset: str, hw, device=torch.device("cpu"), n: int | None = None, seed: int = 1) -> dict:
-    """The sanity row: n real images drawn at random (another draw than the stacked-digits
-    reference's) scored against the reference: the best a generator can expect at this n."""
-    s = scorer(dataset, tuple(hw), device)
+def evaluate_real(dataset: str, hw, device=torch.device("cpu"), n: int | None = None, seed: int = 1,
+                  path=None) -> dict:
+    """The sanity row: n real images drawn at random (another draw than the reference's)
+    scored against the reference: the best a generator can expect at this n."""
+    s = scorer(dataset, tuple(hw), device, path)
     n = n or s.n
     return {"checkpoint": "(real data)", "model": "real data", "step": 0, "dataset": dataset,
-            "image_size": size_str(hw), "n": n, **s(s.real(n, seed))}
+            "image_size": size_str(hw), "n": n, "path": path, **s(s.real(n, seed))}
 
 
 def fmt(v) -> str:

@@ -17,7 +17,7 @@ import torch
 from .batches import Batches
 from .checkpoint import load_checkpoint, plain, restore, restore_rng, upgrade_config
 from .cli import RESUMABLE_FLAGS
-from .data import BUILTIN, load_data, resolve_data_args
+from .data import LABELLED, load_data, resolve_data_args
 from .errors import Diverged, UserError
 from .images import grid
 from .logs import NoWriter, RunWriter, new_run_dir
@@ -39,9 +39,9 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
     batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None,
                       channels_last=channels_last(args, device))
     amp = autocast(args, device)
-    if args.eval_every and args.dataset not in BUILTIN:  # before the ranks part ways
-        raise UserError(f"--eval-every: quality metrics work on the digits and stacked-digits data sets only "
-                        f"(the judge is a digit classifier), not on {args.dataset}")
+    if args.eval_every and args.dataset not in LABELLED:  # before the ranks part ways
+        raise UserError(f"--eval-every: no quality metric for --dataset {args.dataset}: the metrics need a judge "
+                        "classifier trained on labelled images, and a folder has no labels")
     run_dir = Path(args.out) if args.out else new_run_dir(model.name)
     lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
     out = RunWriter(run_dir, run_config(args, model, data), start, ckpt is not None, args.no_progress) \

@@ -38,8 +38,8 @@ def test_tiny_comparison_resumes_writes_results_and_skips(tmp_path, capsys):
     # an interrupted earlier comparison: dcgan's run stopped at step 1
     assert run_main("dcgan", ["--dataset", "digits", "--image-size", "32", "--steps", "1", "--seed", "1",
                               "--no-progress", "--out", out / "dcgan" / "seed1", *TINY_SCRIPT]) == 0
-    argv = ["--models", "dcgan", "lsgan", "--dataset", "digits", "--steps", "2", "--seeds", "1", "--n", "200",
-            "--gallery-n", "4", "--out", str(out), "--", *TINY_SCRIPT]
+    argv = ["--models", "dcgan", "lsgan", "--dataset", "digits", "--steps", "2", "--seeds", "1", "--first-seed", "1",
+            "--n", "200", "--gallery-n", "4", "--jobs", "2", "--out", str(out), "--", *TINY_SCRIPT]
     capsys.readouterr()
     assert compare.main(argv) == 0
     err = capsys.readouterr().err

@@ -173,3 +173,59 @@ def test_stacked_digits_modes(judge):
 # ---- evaluate.py -----------------------------------------------------------------------------
 
 
+
+
+# ---- precision, recall, density, coverage (Kynkaanniemi et al. 2019; Naeem et al. 2020) ------
+
+def test_prdc_against_values_worked_out_by_hand():
+    """1-D, k = 1. Real 0, 1, 3: k-NN radii 1, 1, 2. Fake 0.5, 10: radii 9.5, 9.5.
+    precision: 0.5 is in the balls of 0 and 1, 10 in none -> 1/2. recall: every real point is
+    within 9.5 of 0.5 -> 1. density: (2 balls + 0) / (k·M = 2) -> 1. coverage: the balls of 0
+    and 1 hold a fake, the ball of 3 (radius 2, nearest fake 2.5 away) none -> 2/3."""
+    real, fake = torch.tensor([[0.0], [1.0], [3.0]]), torch.tensor([[0.5], [10.0]])
+    assert metrics.knn_radii(real, 1).tolist() == [1.0, 1.0, 2.0]
+    got = metrics.prdc(real, fake, k=1, chunk=2)  # chunks smaller than the sets: the same sums
+    assert got == pytest.approx({"precision": 0.5, "recall": 1.0, "density": 1.0, "coverage": 2 / 3})
+
+
+def test_prdc_of_a_set_against_itself_and_a_far_one():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 8, generator=g)
+    same = metrics.prdc(x, x, k=5)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    assert same["density"] >= 1.0  # each point lies in its own ball and its neighbours'
+    far = metrics.prdc(x, x + 100, k=5)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    two = torch.cat([x[:150], x[150:] + 50])  # two far clusters; a generator that draws only the first
+    half = metrics.prdc(two, x[:150], k=5)
+    assert half["precision"] == 1.0 and half["coverage"] == 0.5 and half["recall"] == 0.5
+
+
+# ---- judges of the other labelled sets (tiny files the tests write) --------------------------
+
+def test_a_judge_for_an_idx_data_set_trains_caches_and_scores(tmp_path, monkeypatch):
+    """On a tiny Fashion-MNIST-format folder: the judge trains on the training split, measures
+    its accuracy on the test split, is cached under a key of the files' content, and a Scorer
+    scores real and collapsed images with every metric."""
+    from test_data import write_mnist_dir
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    root = write_mnist_dir(tmp_path / "fm", n=60, n_test=20)
+    monkeypatch.setitem(metrics.JUDGES, "fashion-mnist", ((4, 4, 4), 1))
+    net, acc = metrics.classifier.__wrapped__((28, 28), 0, "fashion-mnist", str(root))
+    assert 0 <= acc <= 1 and net.features[0].in_channels == 1
+    files = list((tmp_path / "cache").glob("judge-fashion-mnist-*-v1-28-seed0.pt"))
+    assert len(files) == 1
+    net2, acc2 = metrics.classifier.__wrapped__((28, 28), 0, "fashion-mnist", str(root))  # from the file
+    assert acc2 == acc and torch.equal(net2.head.weight, net.head.weight)
+    s = metrics.Scorer("fashion-mnist", (28, 28), n=40, path=str(root))
+    assert s.ref_hist.tolist() == [0.1] * 10  # labels i % 10 of the 60 training images
+    row = s(s.real(40, seed=1))
+    assert set(row) == {"classes", "kl", "confident", "fd", "kid", "precision", "recall", "density", "coverage"}
+    st = metrics.Scorer("stacked-fashion-mnist", (28, 28), n=40, path=str(root))
+    row = st(st.real(40, seed=1))
+    assert {"modes", "confident_modes"} <= set(row) and row["confident_modes"] <= row["modes"]
+
+
+def test_no_judge_for_a_folder():
+    with pytest.raises(metrics.UserError, match="need a judge classifier trained on labelled images"):
+        metrics.Scorer("folder", (32, 32))
