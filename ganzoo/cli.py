@@ -17,7 +17,7 @@ NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.,eE+-]*$")
 # Flags that may change when a run is resumed; every other flag comes from the checkpoint.
 RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "data_memory_gb", "path", "log_every", "eval_every",
                    "sample_every", "checkpoint_every", "no_progress", "resume", "sample", "n",
-                   "interpolate", "amp", "channels_last", "compile", "sync_bn"}
+                   "interpolate", "real_row", "amp", "channels_last", "compile", "sync_bn"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -247,6 +247,8 @@ def _run_flags(p) -> None:
     g.add_argument("--n", type=positive_int, default=64, help="samples in the grid (walks with --interpolate)")
     g.add_argument("--interpolate", action="store_true",
                    help="with --sample: write a GIF walking the latent space by spherical interpolation")
+    g.add_argument("--real-row", action="store_true",
+                   help="with --sample: a first row of real training images above the samples, to compare by eye")
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:

@@ -2,6 +2,8 @@
 --sample command (a grid, or a GIF walking the latent space) from a checkpoint."""
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
+from .data import load_data
 from .images import grid, save_gif, save_png, slerp
 from .scale import pick_device
 
@@ -37,6 +40,18 @@ def generate_n(model, n: int, seed: int = 0, batch: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
+def real_images(cfg: dict, n: int, seed: int = 0) -> torch.Tensor:
+    """n training images (n, C, H, W) in [-1, 1] of the data set a run's config names, drawn
+    at random (a fixed draw for each seed)."""
+    ns = argparse.Namespace(**{k: cfg.get(k) for k in ("dataset", "path", "channels")}, workers=0,
+                            image_size=tuple(cfg["image_size"]), batch_size=1, data_memory_gb=cfg.get("data_memory_gb"))
+    data = load_data(ns)
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+    if hasattr(data, "batch"):
+        return data.batch(idx).float() / 127.5 - 1
+    return torch.stack([data.ds[int(i)] for i in idx if data.ds[int(i)] is not None]).float() / 127.5 - 1
+
+
 def sample(model_cls, args) -> int:
     """--sample CHECKPOINT: a grid of --n samples (sample.png), or with --interpolate a GIF of
     --n latent walks through four random points and back (walk.gif), beside the checkpoint
@@ -57,7 +72,11 @@ def sample(model_cls, args) -> int:
     else:
         out = Path(args.out or p.parent / "sample.png")
         z = model.sample_z(args.n, generator=g, device=torch.device("cpu")).to(device)
-        save_png(grid(generate(model, z)), out)
+        fake = generate(model, z).float().cpu()
+        cols = math.ceil(math.sqrt(args.n))
+        if args.real_row:  # one row of real images first, the samples below it
+            fake = torch.cat([real_images(ckpt["config"], cols, args.seed), fake])
+        save_png(grid(fake, nrow=cols), out)
     print(f"wrote {out} ({args.n} {'walks' if args.interpolate else 'samples'} from step {ckpt['step']})",
           file=sys.stderr)
     return 0

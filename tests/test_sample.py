@@ -17,6 +17,18 @@ def test_sample_and_interpolate(tmp_path):
     assert gif.n_frames == 64 and gif.size == (2 * 18 + 2, 2 * 18 + 2)
 
 
+def test_real_row_puts_training_images_above_the_samples(tmp_path):
+    import numpy as np
+    from ganzoo.data import digits_images, resize_uint8
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
+    assert run_main("dcgan", ["--sample", tmp_path / "r", "--n", "16", "--real-row", "--out", tmp_path / "g.png"]) == 0
+    img = np.asarray(Image.open(tmp_path / "g.png").convert("L"))
+    assert img.shape == (5 * 18 + 2, 4 * 18 + 2)  # one row of 4 real digits, then 4 rows of samples
+    digits = resize_uint8(digits_images()[0], (16, 16))[:, 0].numpy()
+    first = img[2:18, 2:18]
+    assert min(np.abs(first.astype(int) - d).max() for d in digits) <= 1  # a real digit, as saved
+
+
 def test_sampling_changes_nothing_in_the_run():
     """generate_n draws its z from a generator of its own and samples in eval mode: the run's
     RNG, G's training mode and BatchNorm's statistics are as before; the same seed, the same
