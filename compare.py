@@ -143,7 +143,7 @@ def speed(run_dir: Path) -> tuple[float, float]:
 
 def evaluation(run_dir: Path, args, device) -> dict:
     """The run's last checkpoint scored (cached in its eval.json)."""
-    key = {"step": args.steps, "n": args.n, "version": metrics.VERSION}
+    key = {"step": args.steps, "n": args.n, "version": metrics.VERSION, "prdc_k": metrics.PRDC_K}
     cache = run_dir / "eval.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
@@ -191,8 +191,10 @@ def summary(runs: list[dict], models, keys) -> dict:
 def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
     """results.md's text and results.json's content."""
     hw, seeds = "x".join(map(str, args.image_size)), sorted({r["seed"] for r in runs})
-    cover = "classes" if args.dataset == "digits" else "modes"
-    keys = [cover, "kl", "confident", "fd", "kid", "images_per_s", "wall_s"]
+    stacked = judge.stacked
+    cover = ["modes", "confident_modes"] if stacked else ["classes"]
+    quality = cover + ["kl", "confident", "fd", "kid", "precision", "recall", "density", "coverage"]
+    keys = quality + ["images_per_s", "wall_s"]
     results = summary(runs, args.models, keys)
     command = shlex.join(["python", "compare.py", *argv])
     device = judge.device
@@ -205,31 +207,35 @@ def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
         f"- Command: `{command}`", f"- Date: {date}", f"- Machine: {machine}",
         "- Every run has the same data, image size, number of generator updates and seeds; everything "
         "else is each script's own default on this data (its paper's values, with the departures its "
-        "docstring names for the built-in data sets), so batch sizes, widths, learning rates and critic "
+        "docstring names for the small data sets), so batch sizes, widths, learning rates and critic "
         "iterations differ" + (f"; flags given to every script: `{shlex.join(script_args)}`" if script_args else "")
         + ".",
         f"- The last checkpoint of each run is scored (no picking) from {args.n:,} samples; each cell is "
-        f"the mean ± std over the seeds. Judge: a digit classifier at {hw}, held-out accuracy "
-        f"{judge.accuracy:.1%}; fd and kid are on its features (comparable within this project only).",
-        f"- {cover}: covered, of {10 if cover == 'classes' else 1000}; kl: KL(generated || "
-        f"{'real class histogram' if cover == 'classes' else 'uniform'}); confident: share of samples "
-        f"classified with p >= {metrics.CONFIDENT}; images/s: real images a run consumed per second "
-        "(critic iterations included); wall time: a run's training loop.", "",
-        f"| model | {cover} | kl | confident | fd | kid | images/s | wall time (min) | runs |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        f"the mean ± std over the seeds. Judge: a {judge.source} classifier at {hw}, held-out accuracy "
+        f"{judge.accuracy:.1%}; every metric is in its classes or features (comparable within this project only).",
+        f"- {cover[0]}: covered, of {1000 if stacked else 10}"
+        + ("; confident_modes: covered by samples whose three channels are classified with "
+           f"p >= {metrics.CONFIDENT}" if stacked else "")
+        + f"; kl: KL(generated || {'uniform' if stacked else 'real class histogram'}); confident: share of "
+        f"samples classified with p >= {metrics.CONFIDENT}; precision, recall, density, coverage: k = "
+        f"{metrics.PRDC_K}; images/s: real images a run consumed per second (critic iterations included); "
+        "wall time: a run's training loop.", "",
+        "| model | " + " | ".join(quality) + " | images/s | wall time (min) | runs |",
+        "|---|" + "---|" * (len(quality) + 3)]
     for model, res in results.items():
         if not res["runs"]:
-            lines.append(f"| {model} | failed | | | | | | | 0/{res['of']} |")
+            lines.append(f"| {model} | failed |" + " |" * (len(quality) + 1) + f" 0/{res['of']} |")
             continue
-        cells = [mean_std(res[k]["values"]) for k in keys[:5]]
+        cells = [mean_std(res[k]["values"]) for k in quality]
         cells += [f"{res['images_per_s']['mean']:.0f}", f"{res['wall_s']['mean'] / 60:.1f}"]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {res['runs']}/{res['of']} |")
-    lines.append("| real data | " + " | ".join(fmt(real[k]) for k in keys[:5]) + " | | | |")
+    lines.append("| real data | " + " | ".join(fmt(real[k]) for k in quality) + " | | | |")
     failed = [f"- {r['model']} seed {r['seed']} failed ({r['failed']})" for r in runs if r["failed"]]
     text = "\n".join(lines + ([""] + failed if failed else [])) + "\n"
     return text, {"command": command, "date": date, "machine": machine, "dataset": args.dataset,
                   "image_size": hw, "steps": args.steps, "seeds": seeds, "n": args.n, "script_args": script_args,
-                  "classifier_accuracy": judge.accuracy, "models": results, "real": real, "runs": runs}
+                  "judge": judge.source, "classifier_accuracy": judge.accuracy, "models": results, "real": real,
+                  "runs": runs}
 
 
 def job_env(i: int, jobs: int) -> dict | None:

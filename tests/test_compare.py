@@ -51,7 +51,8 @@ def test_tiny_comparison_resumes_writes_results_and_skips(tmp_path, capsys):
     assert list(res["models"]) == ["dcgan", "lsgan"] and res["steps"] == 2 and res["seeds"] == [1]
     for m in ("dcgan", "lsgan"):
         assert res["models"][m]["runs"] == 1
-        assert set(res["models"][m]) >= {"classes", "kl", "confident", "fd", "kid", "images_per_s", "wall_s"}
+        assert set(res["models"][m]) >= {"classes", "kl", "confident", "fd", "kid", "precision", "recall", "density",
+                                         "coverage", "images_per_s", "wall_s"}
         cfg = json.loads((out / m / "seed1" / "config.json").read_text())
         assert (cfg["dataset"], cfg["image_size"], cfg["steps"], cfg["seed"], cfg["width"]) == \
             ("digits", [32, 32], 2, 1, 4)
