@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ganzoo.cli import (VALID_SIDES, Hyper, explicit_flags, make_parser, non_negative, non_negative_int, positive_int,
                         side_levels)
-from ganzoo.errors import Diverged, UserError
+from ganzoo.errors import Diverged, Fault, Interrupted, UserError
 from ganzoo.evaluation import training_evaluator
 from ganzoo.loop import train
 from ganzoo.sample import sample
@@ -51,6 +51,7 @@ class GAN:
     name = "gan"
     hyperparameters: dict = {}  # {flag name: Hyper}: the model file's declaration
     z_prior = "normal"  # or "uniform" (U[-1, 1], BEGAN)
+    min_batch = 1  # the smallest batch the model's losses are defined for
     double_backward = False  # True: a gradient penalty differentiates D twice (--compile leaves D eager)
 
     def __init__(self, args, shape, device):
@@ -270,8 +271,11 @@ def main(model_cls, parser, argv=None) -> int:
             print(f"{parser.prog}: {e}", file=sys.stderr)
         leave_together()
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+    except Fault as e:  # a full disk, an unwritable file: the last good checkpoint is kept
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:  # a second Ctrl-C, or one outside the training loop
+        print(f"{parser.prog}: {e if isinstance(e, Interrupted) else 'interrupted'}", file=sys.stderr)
         return 130
     finally:
         if distributed():

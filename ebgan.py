@@ -111,6 +111,7 @@ class AutoEncoderD(nn.Module):
 class EBGAN(common.GAN):
     name = "ebgan"
     hyperparameters = HYPERPARAMETERS
+    min_batch = 2  # the pull-away term (Eq. 14) compares pairs of codes
 
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)

@@ -59,19 +59,34 @@ class Batches:
     def _streamed(self):
         order = self._order()
         batches = [self._mine(order, i).tolist() for i in range(self.pos, self.per_epoch)]
+        # A generator of its own: without one, each new iterator draws its workers' base seed
+        # from the global RNG, and the run's random stream would depend on where it resumed.
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(torch.utils.data.DataLoader(
             self.data.ds, batch_sampler=batches, num_workers=self.data.workers, collate_fn=collate_skip,
-            pin_memory=self.device.type == "cuda", persistent_workers=False, prefetch_factor=4
-            if self.data.workers else None))
+            pin_memory=self.device.type == "cuda", persistent_workers=False, generator=g,
+            prefetch_factor=4 if self.data.workers else None))
+
+    def _next_streamed(self) -> torch.Tensor:
+        """The next batch with at least one readable image (a batch of unreadable files is
+        skipped and counted); a whole epoch of them means the folder has none."""
+        for _ in range(self.per_epoch + 1):
+            if self.pos >= self.per_epoch:
+                self.epoch, self.pos, self._loader_iter = self.epoch + 1, 0, None
+            if self._loader_iter is None:
+                self._loader_iter = self._streamed()
+            x, bad = next(self._loader_iter)
+            self.skipped += bad
+            if len(x):
+                return x
+            self.pos += 1
+        raise UserError(f"{self.data.source}: none of its {len(self.data)} image files could be read")
 
     def __call__(self) -> torch.Tensor:
         if self.pos >= self.per_epoch:
             self.epoch, self.pos, self._perm, self._loader_iter = self.epoch + 1, 0, None, None
         if isinstance(self.data, StreamedFolder):
-            if self._loader_iter is None:
-                self._loader_iter = self._streamed()
-            x, bad = next(self._loader_iter)
-            self.skipped += bad
+            x = self._next_streamed()
         else:
             if self._perm is None:
                 self._perm = self._order()

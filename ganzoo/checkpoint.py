@@ -4,12 +4,14 @@ config, so that a resumed run and a sampler rebuild the same model."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import Fault, Interrupted, UserError
 from .scale import prepare_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -38,8 +40,29 @@ def upgrade_config(config: dict, hypers: dict) -> dict:
     return config
 
 
+def checksum(ckpt: dict) -> str:
+    """SHA-256 over the bytes of every tensor of the networks and optimizers, in a fixed order:
+    a file mixed from two runs, or bit-rotted, fails it at load."""
+    h = hashlib.sha256()
+
+    def walk(v, key=""):
+        if isinstance(v, torch.Tensor):
+            h.update(key.encode())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(v, dict):
+            for k in sorted(v, key=str):
+                walk(v[k], f"{key}/{k}")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(x, f"{key}/{i}")
+    walk({"nets": ckpt["nets"], "optimizers": ckpt.get("optimizers", {})})
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, model, step: int, batches, fixed_z, config: dict) -> None:
-    """Atomically: write a temporary file beside it, flush it to disk, then rename."""
+    """Atomically: write a temporary file of this process's own beside it, flush it to disk,
+    then rename. A failed write (a full disk) or a second Ctrl-C during it removes the
+    temporary file and leaves the previous checkpoint as it was."""
     ckpt = {
         "model": model.name,
         "step": step,
@@ -56,12 +79,24 @@ def save_checkpoint(path: Path, model, step: int, batches, fixed_z, config: dict
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None},
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    ckpt["checksum"] = checksum(ckpt)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
+        if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
+            raise Interrupted(f"interrupted again while writing {path}; {kept}") from None
+        if isinstance(e, (OSError, RuntimeError)):
+            why = "the disk is full" if getattr(e, "errno", None) == 28 or "unexpected pos" in str(e) \
+                or "No space" in str(e) else (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise Fault(f"could not write {path} ({why}); {kept}") from None
+        raise
 
 
 def checkpoint_path(path_or_dir: str) -> Path:
@@ -78,12 +113,18 @@ def load_checkpoint(path_or_dir: str, name: str | None = None) -> tuple[dict, Pa
     belongs to the model `name` (any model when None)."""
     p = checkpoint_path(path_or_dir)
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own warnings about a refused file: the one line below says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torn, truncated, foreign or doctored files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{p}: not a readable checkpoint ({first[:120]})")
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "nets" not in ckpt:
-        raise UserError(f"{p}: not a checkpoint written by this project")
+    missing = [k for k in ("model", "nets", "config", "step", "shape") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{p}: not a checkpoint written by this project (no {missing[0]!r})")
+    if "checksum" in ckpt and checksum(ckpt) != ckpt["checksum"]:  # older checkpoints have none
+        raise UserError(f"{p}: its tensors do not match its checksum (a damaged or mixed file); "
+                        "use an earlier copy or start a new run")
     if name is not None and ckpt["model"] != name:
         raise UserError(f"{p} is a {ckpt['model']} checkpoint; use {ckpt['model']}.py for it, not {name}.py")
     return ckpt, p

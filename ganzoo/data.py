@@ -63,10 +63,12 @@ def resolve_data_args(args) -> None:
             setattr(args, k, v if small else args._paper[k])
 
 
-def resize_uint8(x: torch.Tensor, hw, chunk=4096) -> torch.Tensor:
-    """Resize a uint8 (N, C, h, w) tensor to (N, C, H, W): bilinear, antialiased."""
+def resize_uint8(x: torch.Tensor, hw, chunk=None) -> torch.Tensor:
+    """Resize a uint8 (N, C, h, w) tensor to (N, C, H, W): bilinear, antialiased, in chunks
+    of at most 256 MB of float."""
     if tuple(x.shape[-2:]) == tuple(hw):
         return x
+    chunk = chunk or max(1, 2 ** 26 // (x.shape[1] * max(hw[0] * hw[1], x.shape[2] * x.shape[3])))
     out = []
     for i in range(0, len(x), chunk):
         y = F.interpolate(x[i:i + chunk].float(), size=tuple(hw), mode="bilinear",
@@ -344,11 +346,11 @@ def memory_budget(args) -> float:
 class StreamedFolder:
     """A folder too large for memory: DataLoader workers decode each batch."""
 
-    def __init__(self, files, hw, channels, workers):
+    def __init__(self, files, hw, channels, workers, root="folder"):
         self.ds = FolderFiles(files, hw, channels)
         self.workers = workers
         self.shape = (channels,) + tuple(hw)
-        self.labels, self.skipped, self.source = None, 0, "folder (streamed)"
+        self.labels, self.skipped, self.source = None, 0, f"{root} (streamed)"
 
     def __len__(self):
         return len(self.ds)
@@ -366,7 +368,7 @@ def load_folder(root: Path, hw, channels, workers, budget) -> Images | StreamedF
     if nbytes > budget:
         print(f"data: {len(files)} images take {nbytes / 2**30:.1f} GiB decoded, over the memory budget "
               f"(--data-memory-gb); decoding each batch with {workers} workers", file=sys.stderr)
-        return StreamedFolder(files, hw, channels, workers)
+        return StreamedFolder(files, hw, channels, workers, root)
     loader = torch.utils.data.DataLoader(FolderFiles(files, hw, channels), batch_size=256,
                                          num_workers=workers if len(files) > 512 else 0,
                                          collate_fn=collate_skip)
@@ -405,17 +407,30 @@ def stacked_source(dataset: str, path=None) -> str:
     return "mnist-5k" if base == "mnist" and not path else base
 
 
+def check_fits(n: int, per_image: int, args, what: str) -> None:
+    """n decoded images of per_image bytes each must fit in the memory budget."""
+    need, budget = n * per_image, memory_budget(args)
+    if need > budget:
+        raise UserError(f"--image-size {'x'.join(map(str, args.image_size))}: the {n:,} images of {what} take "
+                        f"{need / 2**30:,.1f} GiB decoded at this size, over the memory budget of {budget / 2**30:,.1f} "
+                        "GiB (--data-memory-gb); use a smaller --image-size")
+
+
 def load_data(args):
     """The data set named by the (resolved) arguments, decoded once: the training split."""
     hw, c = args.image_size, args.channels
     path = getattr(args, "path", None)
+    if not hasattr(args, "data_memory_gb"):
+        args.data_memory_gb = None
     if args.dataset in STACKED:
         if c != 3:
             raise UserError(f"{args.dataset} has 3 channels (one image in each); drop --channels")
         src = labelled(stacked_source(args.dataset, path), path)
+        check_fits(len(src), hw[0] * hw[1], args, args.dataset)
         data = Stacked(resize_uint8(src.x, hw), src.labels, source=args.dataset)
     elif args.dataset in LABELLED:
         data = labelled(args.dataset, path)
+        check_fits(len(data), c * hw[0] * hw[1], args, args.dataset)
         if data.labels is None:
             print(f"data: {data.source} has no label file; training works, the quality metrics need labels",
                   file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The two ways a run ends early; common.main() turns each into one line and an exit status."""
+"""The ways a run ends early; common.main() turns each into one line and an exit status."""
 
 
 class UserError(Exception):
@@ -7,3 +7,11 @@ class UserError(Exception):
 
 class Diverged(Exception):
     """A NaN or infinite loss: main() prints the message and exits with status 1."""
+
+
+class Fault(Exception):
+    """The machine failed the run (a full disk, an unwritable file): one line, exit status 1."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C that could not be finished cleanly (pressed again during a save): exit 130."""

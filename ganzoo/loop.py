@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .batches import Batches
+from .checks import RunLock, check_memory, check_run_dir, check_values
 from .checkpoint import load_checkpoint, plain, restore, restore_rng, upgrade_config
 from .cli import RESUMABLE_FLAGS
 from .data import LABELLED, load_data, resolve_data_args
@@ -32,18 +33,34 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
     evaluator(sample_fn) -> {metric: value}, sample_fn(n) -> n generated images."""
     ckpt, ckpt_file = resume_settings(model_cls, args, explicit)  # (None, None) for a new run
     resolve_data_args(args)
+    check_values(args, getattr(model_cls, "min_batch", 1))  # before any data is loaded or file written
+    if args.eval_every and args.dataset not in LABELLED:
+        raise UserError(f"--eval-every: no quality metric for --dataset {args.dataset}: the metrics need a judge "
+                        "classifier trained on labelled images, and a folder has no labels")
+    check_memory(model_cls, args, (args.channels, *args.image_size))
     device = setup_device(args)
+    run_dir = Path(args.out) if args.out else new_run_dir(model_cls.name)
+    lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
+    if lead:
+        check_run_dir(run_dir, ckpt is not None)
     data = load_data(args)
+    check_same_data(ckpt, data, ckpt_file)
+    lock = RunLock(run_dir) if lead else None  # the first file of the run
+    try:
+        if lead:
+            check_run_dir(run_dir, ckpt is not None)  # again, now that this process holds the folder
+        return _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_evaluator)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_evaluator) -> int:
     model = prepare_model(model_cls(args, tuple(data.shape), device), args, for_training=True)
     start, fixed_z = restore_run(model, ckpt, ckpt_file)
     batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None,
                       channels_last=channels_last(args, device))
     amp = autocast(args, device)
-    if args.eval_every and args.dataset not in LABELLED:  # before the ranks part ways
-        raise UserError(f"--eval-every: no quality metric for --dataset {args.dataset}: the metrics need a judge "
-                        "classifier trained on labelled images, and a folder has no labels")
-    run_dir = Path(args.out) if args.out else new_run_dir(model.name)
-    lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
     out = RunWriter(run_dir, run_config(args, model, data), start, ckpt is not None, args.no_progress) \
         if lead else NoWriter()
     evaluator = make_evaluator(args, device) if lead and args.eval_every and make_evaluator else None
@@ -70,7 +87,8 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
     def diverged() -> str:
         where = f"{out.checkpoint_path} (step {last_good})" if last_good is not None else "none was written yet"
         return (f"{model.name}: a loss became NaN or infinite at step {int(bad_step)} (stopped at step {step}); "
-                f"last good checkpoint: {where}. Try a lower learning rate, or resume from it with another --seed")
+                f"last good checkpoint: {where}. Start a new run with a lower --g-lr/--d-lr or another --seed "
+                f"(a resumed run keeps its settings)")
 
     out.start_bar(args.steps, start, model.name)
     with StopFlag() as stop, closing(out):
@@ -110,6 +128,9 @@ def resume_settings(model_cls, args, explicit: set[str]):
         return None, None
     ckpt, ckpt_file = load_checkpoint(args.resume, model_cls.name)
     saved = upgrade_config(ckpt["config"], model_cls.hyperparameters)
+    if "path" in explicit and not saved.get("path") and args.path:
+        raise UserError(f"{ckpt_file}: was trained on {saved.get('dataset')} without --path; a resumed run keeps "
+                        "its data (drop --path, or start a new run)")
     changed = sorted(k for k in explicit - RESUMABLE_FLAGS if k in saved and plain(getattr(args, k)) != plain(saved[k]))
     if changed:
         raise UserError(f"{ckpt_file}: was trained with --{changed[0].replace('_', '-')} "
@@ -121,6 +142,17 @@ def resume_settings(model_cls, args, explicit: set[str]):
     if "out" not in explicit:
         args.out = str(ckpt_file.parent)
     return ckpt, ckpt_file
+
+
+def check_same_data(ckpt, data, ckpt_file) -> None:
+    """A resumed run trains on the data it was trained on: a moved folder may be given with
+    --path, but one that holds another number of images is another data set."""
+    if ckpt is None:
+        return
+    was = ckpt["config"].get("data_size")
+    if was is not None and was != len(data):
+        raise UserError(f"{ckpt_file}: was trained on {was} images, {data.source} has {len(data)}; "
+                        "a resumed run keeps its data (start a new run for other data)")
 
 
 def setup_device(args) -> torch.device:

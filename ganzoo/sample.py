@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_data
+from .errors import UserError
 from .images import grid, save_gif, save_png, slerp
 from .scale import pick_device
 
@@ -40,6 +42,22 @@ def generate_n(model, n: int, seed: int = 0, batch: int = 500) -> torch.Tensor:
     return torch.cat(out)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def check_image_out(out: Path, gif: bool) -> None:
+    """--out of --sample: a file name with an image suffix, in a folder that exists and is writable."""
+    want = (".gif",) if gif else IMAGE_SUFFIXES
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name such as {out / ('walk.gif' if gif else 'grid.png')}")
+    if out.suffix.lower() not in want:
+        raise UserError(f"--out {out}: give a file name ending in {' or '.join(want)}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: no such folder {out.parent}")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"--out {out}: cannot write in {out.parent}")
+
+
 def real_images(cfg: dict, n: int, seed: int = 0) -> torch.Tensor:
     """n training images (n, C, H, W) in [-1, 1] of the data set a run's config names, drawn
     at random (a fixed draw for each seed)."""
@@ -57,6 +75,9 @@ def sample(model_cls, args) -> int:
     --n latent walks through four random points and back (walk.gif), beside the checkpoint
     unless --out names the file."""
     ckpt, p = load_checkpoint(args.sample, model_cls.name)
+    if args.interpolate and args.real_row:
+        raise UserError("--real-row goes with a grid, not with --interpolate")
+    check_image_out(Path(args.out or p.parent / ("walk.gif" if args.interpolate else "sample.png")), args.interpolate)
     device = pick_device(args.device)
     model = model_from_checkpoint(model_cls, ckpt, p, device)
     g = torch.Generator().manual_seed(args.seed)

@@ -178,5 +178,7 @@ def ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
 
 
 def finite(model) -> bool:
-    """Whether every weight of every network of the model is finite."""
-    return all(torch.isfinite(p).all() for m in model.networks().values() for p in m.parameters())
+    """Whether every weight and buffer (BatchNorm's running statistics) of every network of
+    the model is finite."""
+    return all(torch.isfinite(t).all() for m in model.networks().values()
+               for t in (*m.parameters(), *m.buffers()) if t.is_floating_point())
