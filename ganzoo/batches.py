@@ -17,8 +17,8 @@ class Batches:
     batch; `images` counts the real images served (for images/s).
     """
 
-    def __init__(self, data, batch_size, seed, device, state=None, channels_last=False):
-        self.data, self.bs, self.seed, self.device = data, batch_size, seed, device
+    def __init__(self, data, batch_size, seed, device, state=None, channels_last=False, flip=False):
+        self.data, self.bs, self.seed, self.device, self.flip = data, batch_size, seed, device, flip
         # Under torchrun each position is a global batch of world()·B images, of which rank r
         # takes the r-th B: K ranks of batch B see what one process of batch K·B sees.
         self.rank, self.world = rank(), world()
@@ -82,6 +82,13 @@ class Batches:
             self.pos += 1
         raise UserError(f"{self.data.source}: none of its {len(self.data)} image files could be read")
 
+    def _flipped(self, x: torch.Tensor) -> torch.Tensor:
+        """--flip: each image mirrored left-right with probability 1/2, the coin drawn from
+        the batch's position (seed, epoch, batch, rank), so a resumed run flips the same ones."""
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.pos, self.rank)) & (2 ** 62 - 1))
+        mask = torch.rand(len(x), generator=g) < 0.5
+        return torch.where(mask.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+
     def __call__(self) -> torch.Tensor:
         if self.pos >= self.per_epoch:
             self.epoch, self.pos, self._perm, self._loader_iter = self.epoch + 1, 0, None, None
@@ -92,6 +99,8 @@ class Batches:
                 self._perm = self._order()
             idx = self._mine(self._perm, self.pos)
             x = self._x[idx.to(self._x.device)] if self._x is not None else self.data.batch(idx)
+        if self.flip:
+            x = self._flipped(x)
         self.pos += 1
         self.images += len(x) * self.world
         x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]

@@ -17,7 +17,7 @@ NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.,eE+-]*$")
 # Flags that may change when a run is resumed; every other flag comes from the checkpoint.
 RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "data_memory_gb", "path", "log_every", "eval_every",
                    "sample_every", "checkpoint_every", "no_progress", "resume", "sample", "n",
-                   "interpolate", "real_row", "amp", "channels_last", "compile", "sync_bn"}
+                   "interpolate", "real_row", "no_cache", "amp", "channels_last", "compile", "sync_bn"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -68,6 +68,17 @@ def image_size(text: str) -> tuple[int, int]:
             raise argparse.ArgumentTypeError(f"image size {text!r}: a network cannot be built for side {side}; "
                                              f"each side must be {VALID_SIDES}")
     return (h, w)
+
+
+def crop_spec(text: str) -> str:
+    """'aspect', 'none', 'N' or 'HxW' (as given, normalised to 'HxW' or 'aspect'/'none')."""
+    t = text.strip().lower()
+    if t in ("aspect", "none"):
+        return t
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?", t)
+    if not m or int(m.group(1)) == 0 or (m.group(2) and int(m.group(2)) == 0):
+        raise argparse.ArgumentTypeError(f"--crop {text!r}: aspect, none, N or HxW (e.g. 160 or 218x178)")
+    return f"{m.group(1)}x{m.group(2) or m.group(1)}"
 
 
 def size_str(hw) -> str:
@@ -202,6 +213,14 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
                    help="processes that decode a folder of images")
     g.add_argument("--data-memory-gb", type=float, default=None,
                    help="keep the decoded data set in memory when it takes at most this (default: half the RAM)")
+    g.add_argument("--crop", type=crop_spec, default="aspect",
+                   help="a folder's crop before resizing: aspect (the centre crop of --image-size's aspect ratio), "
+                        "N or HxW (a central crop of that many pixels: 160 is Lucic et al. 2018's CelebA, 108 the "
+                        "WGAN and DCGAN-tensorflow code's), none (resize the whole image)")
+    g.add_argument("--flip", action="store_true",
+                   help="random horizontal flips of the real images (off: the papers' setting)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="decode a folder again instead of memory-mapping its decoded copy in the cache folder")
     g = p.add_argument_group("model and optimisation (defaults are this model's paper values unless noted)")
     for name, (text, type_) in SHARED.items():
         add_hyper(g, name, hypers[name], text, type_)

@@ -6,11 +6,14 @@ does not fit in memory)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import math
 import os
 import pickle
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +103,7 @@ class Images:
 
     def __init__(self, x: torch.Tensor, labels=None, skipped: int = 0, source: str = ""):
         self.x, self.labels, self.skipped, self.source = x, labels, skipped, source
+        self.note = ""  # how it was loaded, for the run's first line (the decoded cache)
 
     def __len__(self):
         return len(self.x)
@@ -261,31 +265,79 @@ def load_cifar10(root: Path, split: str = "train") -> Images:
 
 
 def list_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """The image files in root and below, symlinked files and folders followed: each real
+    file once (the first path to it in sorted order), each real folder once (a symlink loop
+    ends where it comes back)."""
+    seen_dirs, seen_files, out = set(), set(), []
+    for top, dirs, files in os.walk(root, followlinks=True):
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in sorted(files):
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            p = Path(top) / name
+            try:
+                fst = p.stat()  # follows a symlinked file; a dangling link is skipped
+            except OSError:
+                continue
+            key = (fst.st_dev, fst.st_ino)
+            if key not in seen_files and p.is_file():
+                seen_files.add(key)
+                out.append(p)
+    return sorted(out)
 
 
-def decode_image(path, hw, channels: int):
+def cache_dir() -> Path:
+    """$GANZOO_CACHE, else $XDG_CACHE_HOME/ganzoo, else ~/.cache/ganzoo."""
+    if os.environ.get("GANZOO_CACHE"):
+        return Path(os.environ["GANZOO_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganzoo"
+
+
+def crop_box(iw, ih, hw, crop: str) -> tuple[float, float]:
+    """(width, height) of the central crop of an iw x ih image before resizing to hw."""
+    H, W = hw
+    if crop == "none":
+        return iw, ih
+    if crop == "aspect":  # the largest centre crop of the target's aspect ratio
+        scale = min(iw / W, ih / H)
+        return W * scale, H * scale
+    ch, cw = (int(v) for v in crop.split("x"))  # N or HxW pixels, at most the image
+    return min(cw, iw), min(ch, ih)
+
+
+def decode_image(path, hw, channels: int, crop: str = "aspect"):
     """One image file -> uint8 array (C, H, W), or None when it cannot be read.
 
     Any PIL mode is converted: grey, RGB, RGBA and LA (alpha composited over white),
     palette, CMYK, 16-bit and 32-bit integer and float greys (scaled to 8 bits). The image
-    is centre-cropped to the aspect ratio of `hw` and resized (bicubic); JPEGs are decoded
-    at a reduced scale first when they are much larger than the target (PIL's draft mode).
+    is centre-cropped (crop_box: the aspect ratio of `hw`, N or HxW pixels, or not at all)
+    and resized (bicubic); JPEGs are decoded at a reduced scale first when they are much
+    larger than the target (PIL's draft mode).
     """
     from PIL import Image, ImageOps
     H, W = hw
     try:
         with Image.open(path) as img:
+            iw0 = img.size[0]
             if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still covers the crop
                 iw, ih = img.size
-                s = max(W / iw, H / ih)  # the crop keeps at least this fraction of each side
+                cw, ch = crop_box(iw, ih, hw, crop)
+                s = max(W / cw, H / ch)  # the crop keeps at least this fraction of each side
                 img.draft(img.mode, (math.ceil(iw * s), math.ceil(ih * s)))
             img.load()
+            f = img.size[0] / iw0  # the draft's scale: crops in pixels of the file shrink with it
             img = ImageOps.exif_transpose(img)
             img = _to_8bit(img)
             iw, ih = img.size
-            scale = min(iw / W, ih / H)  # centre crop of the target's aspect ratio
-            cw, ch = W * scale, H * scale
+            if crop in ("aspect", "none"):
+                cw, ch = crop_box(iw, ih, hw, crop)
+            else:
+                cw, ch = (min(v * f, side) for v, side in zip(crop_box(iw / f, ih / f, hw, crop), (iw, ih)))
             box = ((iw - cw) / 2, (ih - ch) / 2, (iw + cw) / 2, (ih + ch) / 2)
             img = img.resize((W, H), Image.BICUBIC, box=box)
             img = img.convert("L" if channels == 1 else "RGB")
@@ -317,14 +369,14 @@ def _to_8bit(img):
 class FolderFiles(torch.utils.data.Dataset):
     """Decodes one image file per item (used by DataLoader workers)."""
 
-    def __init__(self, files, hw, channels):
-        self.files, self.hw, self.channels = files, hw, channels
+    def __init__(self, files, hw, channels, crop="aspect"):
+        self.files, self.hw, self.channels, self.crop = files, hw, channels, crop
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        arr = decode_image(self.files[i], self.hw, self.channels)
+        arr = decode_image(self.files[i], self.hw, self.channels, self.crop)
         return None if arr is None else torch.from_numpy(arr)
 
 
@@ -346,8 +398,8 @@ def memory_budget(args) -> float:
 class StreamedFolder:
     """A folder too large for memory: DataLoader workers decode each batch."""
 
-    def __init__(self, files, hw, channels, workers, root="folder"):
-        self.ds = FolderFiles(files, hw, channels)
+    def __init__(self, files, hw, channels, workers, root="folder", crop="aspect"):
+        self.ds = FolderFiles(files, hw, channels, crop)
         self.workers = workers
         self.shape = (channels,) + tuple(hw)
         self.labels, self.skipped, self.source = None, 0, f"{root} (streamed)"
@@ -356,7 +408,36 @@ class StreamedFolder:
         return len(self.ds)
 
 
-def load_folder(root: Path, hw, channels, workers, budget) -> Images | StreamedFolder:
+def cache_key(files, hw, channels, crop) -> str:
+    """What decides a decoded folder's content: every file's path, size and modification
+    time, the size, the channels, the crop (and this decoder's version)."""
+    h = hashlib.sha256(f"v1 {tuple(hw)} {channels} {crop}\n".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def cached_folder(path: Path, n_files: int, shape):
+    """The decoded copy at `path` (memory-mapped), or None with the reason it cannot be used."""
+    meta = path.with_suffix(".json")
+    if not path.is_file() or not meta.is_file():
+        return None, "none yet"
+    try:
+        info = json.loads(meta.read_text())
+        arr = np.load(path, mmap_mode="r")
+        if arr.dtype != np.uint8 or arr.shape[1:] != tuple(shape) or info["files"] != n_files \
+                or arr.shape[0] != info["images"]:
+            raise ValueError("its shape does not match")
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        return None, f"corrupt ({str(e)[:60]})"
+    with warnings.catch_warnings():  # read-only memory map: the tensor is never written to
+        warnings.simplefilter("ignore")
+        x = torch.from_numpy(arr)
+    return (x, info["skipped"]), "ok"
+
+
+def load_folder(root: Path, hw, channels, workers, budget, crop="aspect", cache=True) -> Images | StreamedFolder:
     if not root.exists():
         raise UserError(f"--path {root}: no such folder")
     if not root.is_dir():
@@ -368,10 +449,20 @@ def load_folder(root: Path, hw, channels, workers, budget) -> Images | StreamedF
     if nbytes > budget:
         print(f"data: {len(files)} images take {nbytes / 2**30:.1f} GiB decoded, over the memory budget "
               f"(--data-memory-gb); decoding each batch with {workers} workers", file=sys.stderr)
-        return StreamedFolder(files, hw, channels, workers, root)
-    loader = torch.utils.data.DataLoader(FolderFiles(files, hw, channels), batch_size=256,
+        return StreamedFolder(files, hw, channels, workers, root, crop)
+    where = cache_dir() / "data" / f"{cache_key(files, hw, channels, crop)}.npy" if cache else None
+    why = "none yet"
+    if where is not None:
+        hit, why = cached_folder(where, len(files), (channels, *hw))
+        if hit is not None:
+            data = Images(hit[0], None, skipped=hit[1], source=str(root))
+            data.note = f"memory-mapped from the decoded cache {where}"
+            return data
+    loader = torch.utils.data.DataLoader(FolderFiles(files, hw, channels, crop), batch_size=256,
                                          num_workers=workers if len(files) > 512 else 0,
-                                         collate_fn=collate_skip)
+                                         collate_fn=collate_skip, generator=torch.Generator().manual_seed(0))
+    # (a generator of its own: decoding draws nothing from the run's random stream, so a run on
+    # the decoded cache initialises its networks as a run that decodes does)
     chunks, skipped = [], 0
     for x, bad in progress(loader, desc=f"decoding {len(files)} images", unit="batch"):
         chunks.append(x)
@@ -380,7 +471,27 @@ def load_folder(root: Path, hw, channels, workers, budget) -> Images | StreamedF
     if not chunks:
         raise UserError(f"--path {root}: none of its {len(files)} image files could be read")
     x = torch.cat(chunks)
-    return Images(x, None, skipped=skipped, source=str(root))
+    data = Images(x, None, skipped=skipped, source=str(root))
+    if where is not None and save_cache(where, x, len(files), skipped):
+        data.note = (f"the decoded cache was {why}: rebuilt, " if why != "none yet" else "") + \
+            f"decoded once into the cache {where} (the next run memory-maps it)"
+    return data
+
+
+def save_cache(where: Path, x: torch.Tensor, n_files: int, skipped: int) -> bool:
+    """Atomically (a temporary name, then a rename); a cache that cannot be written is only a
+    slower next run."""
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        tmp = where.with_name(f"{where.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, x.numpy())
+        where.with_suffix(".json").write_text(json.dumps({"files": n_files, "images": len(x), "skipped": skipped}))
+        os.replace(tmp, where)
+        return True
+    except OSError as e:
+        print(f"data: could not write the decoded cache ({e.strerror or e}); the next run decodes again",
+              file=sys.stderr)
+        return False
 
 
 def labelled(dataset: str, path=None, split: str = "train") -> Images:
@@ -436,7 +547,8 @@ def load_data(args):
                   file=sys.stderr)
         data.x = set_channels(resize_uint8(data.x, hw), c)
     else:
-        data = load_folder(Path(path), hw, c, args.workers, memory_budget(args))
+        data = load_folder(Path(path), hw, c, args.workers, memory_budget(args), getattr(args, "crop", "aspect"),
+                           not getattr(args, "no_cache", False))
     if args.batch_size > len(data):
         raise UserError(f"--batch-size {args.batch_size} is larger than the data set ({len(data)} images); "
                         "use a smaller batch")

@@ -59,7 +59,7 @@ def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_e
     model = prepare_model(model_cls(args, tuple(data.shape), device), args, for_training=True)
     start, fixed_z = restore_run(model, ckpt, ckpt_file)
     batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None,
-                      channels_last=channels_last(args, device))
+                      channels_last=channels_last(args, device), flip=getattr(args, "flip", False))
     amp = autocast(args, device)
     out = RunWriter(run_dir, run_config(args, model, data), start, ckpt is not None, args.no_progress) \
         if lead else NoWriter()
@@ -202,6 +202,8 @@ def describe(model, args, data, device, start, run_dir) -> str:
         info += f"; {world()} ranks of batch {args.batch_size} (global batch {world() * args.batch_size})"
     if data.skipped:
         info += f"; skipped {data.skipped} unreadable image(s)"
+    if getattr(data, "note", ""):
+        info += f"; {data.note}"
     return info
 
 

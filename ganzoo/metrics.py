@@ -36,7 +36,6 @@ import copy
 import functools
 import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cli import size_str
-from .data import STACKED, labelled, load_data, resize_uint8, stacked_source
+from .data import STACKED, cache_dir, labelled, load_data, resize_uint8, stacked_source
 from .errors import UserError
 
 VERSION = "v1"        # bump when the classifier or its training changes: old cache files are ignored
@@ -87,13 +86,6 @@ class DigitNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-def cache_dir() -> Path:
-    """$GANZOO_CACHE, else $XDG_CACHE_HOME/ganzoo, else ~/.cache/ganzoo."""
-    if os.environ.get("GANZOO_CACHE"):
-        return Path(os.environ["GANZOO_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganzoo"
 
 
 def real_digits(hw) -> tuple[torch.Tensor, torch.Tensor]:

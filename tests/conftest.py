@@ -79,6 +79,12 @@ def tiny():
     return list(TINY)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_folder(tmp_path_factory):
+    """The judges' and decoded folders' cache of the whole session: never the user's own."""
+    os.environ["GANZOO_CACHE"] = str(tmp_path_factory.getbasetemp() / "ganzoo-cache")
+
+
 @pytest.fixture(scope="session")
 def judge(tmp_path_factory):
     """The 32x32 classifier, trained once per test session in a cache folder of its own

@@ -1,0 +1,105 @@
+"""Your own photos: the decoded-data cache (built, reused without decoding, rebuilt when a file
+changes or the cache is corrupt), symlinked folders and loops, each --crop's geometry on
+images of known content, and --flip's statistics and exact resume."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ganzoo.data as data_mod
+from ganzoo.batches import Batches
+from ganzoo.cli import crop_spec
+from ganzoo.data import decode_image, list_images, load_folder
+from conftest import run_main
+
+
+def pics(root, n=6):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(np.full((24, 24, 3), 20 * i, np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def test_the_decoded_cache_is_built_reused_and_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    root = pics(tmp_path / "imgs")
+    first = load_folder(root, (16, 16), 3, 0, 2**30)
+    assert "decoded once into the cache" in first.note
+    calls = []
+    monkeypatch.setattr(data_mod, "decode_image", lambda *a, **k: calls.append(1))
+    second = load_folder(root, (16, 16), 3, 0, 2**30)
+    assert calls == [] and "memory-mapped" in second.note and torch.equal(second.x, first.x)  # no decode
+    monkeypatch.undo()
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    Image.fromarray(np.full((24, 24, 3), 255, np.uint8)).save(root / "0.png")  # a file changes
+    os.utime(root / "0.png", ns=(1, 10**18))
+    third = load_folder(root, (16, 16), 3, 0, 2**30)
+    assert "decoded once" in third.note and int(third.x[0].min()) == 255
+    for npy in (tmp_path / "cache" / "data").glob("*.npy"):  # a corrupt cache is rebuilt, never trusted
+        npy.write_bytes(b"garbage")
+    fourth = load_folder(root, (16, 16), 3, 0, 2**30)
+    assert "was corrupt" in fourth.note and torch.equal(fourth.x, third.x)
+    assert "decoded" not in load_folder(root, (16, 16), 3, 0, 2**30, cache=False).note  # --no-cache
+
+
+def test_a_run_uses_the_cache_and_resumes_on_it(tmp_path):
+    root = pics(tmp_path / "imgs", n=8)
+    argv = ["--path", root, "--batch-size", "4", "--width", "4", "--image-size", "16", "--log-every", "1",
+            "--sample-every", "2", "--checkpoint-every", "2", "--no-progress"]
+    assert run_main("dcgan", argv + ["--steps", "4", "--out", tmp_path / "full"]) == 0
+    assert run_main("dcgan", argv + ["--steps", "2", "--out", tmp_path / "half"]) == 0  # from the cache
+    assert run_main("dcgan", ["--resume", tmp_path / "half", "--steps", "4", "--no-progress"]) == 0
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("full", "half"))
+    assert all(torch.equal(v, b["nets"]["G"][k]) for k, v in a["nets"]["G"].items())
+
+
+def test_symlinked_files_and_folders_are_followed_once_and_loops_end(tmp_path):
+    real = pics(tmp_path / "big" / "celeba", n=3)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "celeba").symlink_to(real, target_is_directory=True)  # the shared-machine set-up
+    (root / "again").symlink_to(real, target_is_directory=True)   # the same folder twice: counted once
+    (root / "one.png").symlink_to(real / "0.png")                   # a linked file that is already counted
+    (real / "loop").symlink_to(root, target_is_directory=True)      # a loop back to the top
+    (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    files = list_images(root)
+    assert len(files) == 3 and len({os.path.realpath(f) for f in files}) == 3
+
+
+@pytest.mark.parametrize("crop,expect", [
+    ("aspect", (40, 40)),   # the centre 40x40 of an 80x40 image
+    ("20", (20, 20)),       # the centre 20x20 pixels
+    ("10x30", (10, 30)),    # H x W
+    ("none", (40, 80)),     # the whole image, squeezed
+])
+def test_each_crop_takes_the_region_it_names(tmp_path, crop, expect):
+    """An 80x40 (W x H) image whose every column holds its x coordinate: the mean and range of
+    x in the decoded image tell which columns the crop kept."""
+    cols = np.tile(np.arange(80, dtype=np.uint8) * 3, (40, 1))
+    Image.fromarray(cols).save(tmp_path / "x.png")
+    out = decode_image(tmp_path / "x.png", (16, 16), 1, crop_spec(crop))[0].astype(float) / 3  # x per pixel
+    h, w = expect
+    assert out.mean() == pytest.approx(39.5, abs=0.6)                  # always centred
+    assert out.max() - out.min() == pytest.approx(w - w / 16, abs=3)   # the width kept, in source columns
+
+
+def test_crop_flag_values():
+    assert crop_spec("160") == "160x160" and crop_spec("218x178") == "218x178" and crop_spec("None") == "none"
+    for bad in ("0", "abc", "10x"):
+        with pytest.raises(Exception):
+            crop_spec(bad)
+
+
+def test_flip_mirrors_half_the_images_the_same_way_on_resume():
+    x = torch.arange(16, dtype=torch.uint8).view(1, 1, 1, 16).repeat(400, 1, 1, 1)  # (400, 1, 1, 16)
+    data = data_mod.Images(x)
+    b = Batches(data, 200, 3, torch.device("cpu"), flip=True)
+    first, second = b(), b()
+    flipped = (first[:, 0, 0, 0] > -1).float()  # a mirrored row starts with 15's value, not 0's (-1)
+    assert 0.4 < flipped.mean() < 0.6
+    again = Batches(data, 200, 3, torch.device("cpu"), flip=True, state={"epoch": 0, "pos": 1})
+    assert torch.equal(again(), second)  # resumed at batch 1: the same flips
+    assert torch.equal(Batches(data, 200, 3, torch.device("cpu"))().flip(-1).eq(first).all(dim=(1, 2, 3)),
+                       flipped.bool())
