@@ -4,6 +4,7 @@
     python evaluate.py runs/compare --markdown t.md --json t.json   # every checkpoint below a folder
     python evaluate.py --real --dataset stacked-digits     # the real data against itself (the floor)
     python dcgan.py --eval-every 500                        # the same metrics during training
+    python evaluate.py --nearest runs/dcgan/<run>           # is it copying its training images?
 
 Works for checkpoints of any of the seven scripts trained on a labelled data set: digits,
 mnist, mnist-5k, fashion-mnist, cifar10 and the stacked sets (the checkpoint names its
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ganzoo import metrics
+from ganzoo import metrics, nearest
 from ganzoo.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from ganzoo.cli import HelpFormatter, image_size, positive_int
 from ganzoo.data import default_image_size
@@ -65,6 +66,26 @@ def evaluate_checkpoint(path, device=torch.device("cpu"), n: int | None = None, 
     return evaluate_model(model, ckpt, str(checkpoint_path(path)), device, n, seed)
 
 
+def nearest_check(parser, args) -> int:
+    try:
+        device = pick_device(args.device)
+        model, ckpt = load_model(args.nearest, device)
+        out = checkpoint_path(args.nearest).parent / "nearest.png"
+        r = nearest.check(model, ckpt["config"], device, out, n=args.n or 500, seed=args.seed)
+    except UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"nearest training image of {r['n']} samples and of {r['held_out']} held-out real images "
+          f"({r['train_searched']} training images searched, {r['features']}):\n"
+          f"  samples:  1% {r['samples_p1']:.4g}  5% {r['samples_p5']:.4g}  median {r['samples_median']:.4g}\n"
+          f"  held-out: 1% {r['held_out_p1']:.4g}  5% {r['held_out_p5']:.4g}  median {r['held_out_median']:.4g}\n"
+          f"  samples nearer than the nearest 1% of held-out images: {r['closer_than_held_out_p1']:.1%} "
+          f"(about 1% when nothing is copied; far more: copies)\nwrote {out}")
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2) + "\n")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
@@ -81,6 +102,10 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the z the samples are drawn from")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--nearest", metavar="RUN", default=None,
+                   help="the memorisation check of one run: RUN/nearest.png (16 samples, each beside its 5 nearest "
+                        "training images) and the nearest-distance distribution of samples against held-out real "
+                        "images; any data set, folders included")
     p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the table here")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the rows here as JSON")
     return p
@@ -89,6 +114,8 @@ def build_parser():
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.nearest:
+        return nearest_check(parser, args)
     try:
         if not args.paths and not args.real:
             raise UserError("name at least one run directory or checkpoint, or --real")

@@ -103,3 +103,39 @@ def test_flip_mirrors_half_the_images_the_same_way_on_resume():
     assert torch.equal(again(), second)  # resumed at batch 1: the same flips
     assert torch.equal(Batches(data, 200, 3, torch.device("cpu"))().flip(-1).eq(first).all(dim=(1, 2, 3)),
                        flipped.bool())
+
+
+# ---- the memorisation check (evaluate.py --nearest) -----------------------------------------
+
+def test_nearest_finds_planted_copies_of_training_images(tmp_path, monkeypatch, capsys):
+    import json
+    import evaluate
+    from ganzoo import nearest
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(60):  # distinct random pictures: real images are far from each other
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    assert run_main("dcgan", ["--path", root, "--steps", "2", "--batch-size", "4", "--width", "4", "--image-size",
+                              "16", "--no-progress", "--out", tmp_path / "r"]) == 0
+    train = load_folder(root, (16, 16), 3, 0, 2**30).x.float() / 127.5 - 1
+    planted = train[torch.arange(40) % 60]  # 40 samples, all copies of training images
+
+    monkeypatch.setattr(nearest, "generate_n", lambda model, n, seed=0: planted[:n])
+    capsys.readouterr()
+    assert evaluate.main(["--nearest", str(tmp_path / "r"), "--n", "40", "--json", str(tmp_path / "n.json")]) == 0
+    r = json.loads((tmp_path / "n.json").read_text())
+    assert r["features"] == "16x16 down-sampled pixels" and r["held_out"] == 12
+    # the copies of searched images are at distance 0, the held-out ones (12 of 60) as far as real images are
+    assert r["samples_p5"] == 0 and r["held_out_p1"] > 1 and r["closer_than_held_out_p1"] >= 0.75
+    assert Image.open(tmp_path / "r" / "nearest.png").size == (6 * 18 + 2, 16 * 18 + 2)
+    assert "samples nearer than the nearest 1% of held-out images" in capsys.readouterr().out
+
+
+def test_nearest_report_of_a_generator_that_copies_nothing():
+    from ganzoo import nearest
+    g = torch.Generator().manual_seed(0)
+    train, held, fake = (torch.randn(n, 8, generator=g) for n in (2000, 300, 300))
+    d_fake, d_held = nearest.nearest(fake, train)[0][:, 0], nearest.nearest(held, train)[0][:, 0]
+    r = nearest.report(d_fake, d_held)
+    assert r["closer_than_held_out_p1"] < 0.05 and abs(r["samples_median"] - r["held_out_median"]) < 0.2
