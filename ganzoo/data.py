@@ -264,31 +264,44 @@ def load_cifar10(root: Path, split: str = "train") -> Images:
                   source=str(root))
 
 
-def list_images(root: Path) -> list[Path]:
-    """The image files in root and below, symlinked files and folders followed: each real
-    file once (the first path to it in sorted order), each real folder once (a symlink loop
-    ends where it comes back)."""
+def scan_images(root: Path) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of the image files in root and below, sorted by path, with
+    symlinked files and folders followed: each real file once (the first path to it in
+    sorted order), each real folder once (a symlink loop ends where it comes back). One
+    stat a file (os.scandir), so that listing 200,000 files takes a second or two."""
     seen_dirs, seen_files, out = set(), set(), []
-    for top, dirs, files in os.walk(root, followlinks=True):
-        st = os.stat(top)
-        if (st.st_dev, st.st_ino) in seen_dirs:
-            dirs[:] = []
-            continue
-        seen_dirs.add((st.st_dev, st.st_ino))
-        dirs.sort()
-        for name in sorted(files):
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
+    todo = [str(root)]
+    while todo:
+        top = todo.pop()
+        try:
+            st = os.stat(top)
+            if (st.st_dev, st.st_ino) in seen_dirs:
                 continue
-            p = Path(top) / name
+            seen_dirs.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(top), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
             try:
-                fst = p.stat()  # follows a symlinked file; a dangling link is skipped
+                if e.is_dir():  # follows a symlinked folder
+                    todo.append(e.path)
+                elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                    fst = e.stat()  # follows a symlinked file; a dangling link is skipped above
+                    key = (fst.st_dev, fst.st_ino)
+                    out.append((e.path, fst.st_size, fst.st_mtime_ns, key))
             except OSError:
                 continue
-            key = (fst.st_dev, fst.st_ino)
-            if key not in seen_files and p.is_file():
-                seen_files.add(key)
-                out.append(p)
-    return sorted(out)
+    out.sort()
+    files = []
+    for path, size, mtime, key in out:
+        if key not in seen_files:
+            seen_files.add(key)
+            files.append((path, size, mtime))
+    return files
+
+
+def list_images(root: Path) -> list[Path]:
+    return [Path(f) for f, _, _ in scan_images(root)]
 
 
 def cache_dir() -> Path:
@@ -408,14 +421,11 @@ class StreamedFolder:
         return len(self.ds)
 
 
-def cache_key(files, hw, channels, crop) -> str:
+def cache_key(scanned, hw, channels, crop) -> str:
     """What decides a decoded folder's content: every file's path, size and modification
-    time, the size, the channels, the crop (and this decoder's version)."""
-    h = hashlib.sha256(f"v1 {tuple(hw)} {channels} {crop}\n".encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:24]
+    time (scan_images' rows), the size, the channels, the crop (and this decoder's version)."""
+    text = f"v1 {tuple(hw)} {channels} {crop}\n" + "".join(f"{p}\0{n}\0{t}\n" for p, n, t in scanned)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def cached_folder(path: Path, n_files: int, shape):
@@ -442,7 +452,8 @@ def load_folder(root: Path, hw, channels, workers, budget, crop="aspect", cache=
         raise UserError(f"--path {root}: no such folder")
     if not root.is_dir():
         raise UserError(f"--path {root}: not a folder")
-    files = list_images(root)
+    scanned = scan_images(root)
+    files = [f for f, _, _ in scanned]  # strings: 200,000 Path objects alone take a second
     if not files:
         raise UserError(f"--path {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
     nbytes = len(files) * channels * hw[0] * hw[1]
@@ -450,7 +461,7 @@ def load_folder(root: Path, hw, channels, workers, budget, crop="aspect", cache=
         print(f"data: {len(files)} images take {nbytes / 2**30:.1f} GiB decoded, over the memory budget "
               f"(--data-memory-gb); decoding each batch with {workers} workers", file=sys.stderr)
         return StreamedFolder(files, hw, channels, workers, root, crop)
-    where = cache_dir() / "data" / f"{cache_key(files, hw, channels, crop)}.npy" if cache else None
+    where = cache_dir() / "data" / f"{cache_key(scanned, hw, channels, crop)}.npy" if cache else None
     why = "none yet"
     if where is not None:
         hit, why = cached_folder(where, len(files), (channels, *hw))
