@@ -188,6 +188,7 @@ class BEGAN(common.GAN):
 
         # L(v) = |v − D(v)|^η with η = 1: the mean absolute reconstruction error   (§3.1; carpedm20)
         v = torch.cat([x, fake_d, fake_g])           # (3B, C, H, W)
+        v = self.aug(v)  # --augment: each loss on the augmented images
         l_real, l_fake_d, l_fake_g = (v - self.D(v).float()).abs().flatten(1).mean(1).view(3, B).mean(1)
         # L_D = L(x) − k_t·L(G(z_D))   for θ_D;   L_G = L(G(z_G))   for θ_G   (§3.4),
         # one simultaneous step: D's gradient from L_D only, G's from L_G only.

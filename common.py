@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ganzoo.cli import (VALID_SIDES, Hyper, explicit_flags, make_parser, non_negative, non_negative_int, positive_int,
                         side_levels)
+from ganzoo.augment import diffaug
 from ganzoo.errors import Diverged, Fault, Interrupted, UserError
 from ganzoo.evaluation import training_evaluator
 from ganzoo.loop import train
@@ -126,6 +127,11 @@ class GAN:
         opt.zero_grad(set_to_none=True)
         self.backward(loss, opt, **kw)
         self.step_optimizer(opt)
+
+    def aug(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees of an image batch: x itself, or with --augment diffaug its DiffAugment
+        (Zhao et al. 2020), the same ops for real and fake images, differentiable for G."""
+        return diffaug(x) if getattr(self.args, "augment", "none") == "diffaug" else x
 
     def all_mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean of t over the ranks (t itself in one process): for a statistic that the

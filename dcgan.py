@@ -73,8 +73,8 @@ class DCGAN(common.GAN):
         # i.e. minimises BCE(D(x), 1) + BCE(D(G(z)), 0), computed on logits for stability.
         # Real and fake go through D in separate batches, as the authors' code does (so each
         # BatchNorm sees one kind of image).
-        d_real = self.D(x)                           # (B,) logits
-        d_fake = self.D(fake.detach())               # (B,)
+        d_real = self.D(self.aug(x))                         # (B,) logits
+        d_fake = self.D(self.aug(fake.detach()))             # (B,)
         loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
         self.update(self.opt_d, loss_d)
@@ -83,7 +83,7 @@ class DCGAN(common.GAN):
         # (Goodfellow et al. 2014 §3), i.e. minimise BCE(D(G(z)), 1). Same fake as above,
         # as in the authors' code, through the updated D (dcgan.torch: D's output before its
         # update; see the docstring).
-        d_gen = self.D(fake)                         # (B,)
+        d_gen = self.D(self.aug(fake))                       # (B,)
         loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
         self.update(self.opt_g, loss_g)
 

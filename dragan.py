@@ -12,6 +12,9 @@ The algorithm: the standard GAN game (non-saturating G loss), and D also pays
 λ·E[(‖∇D(x̂)‖₂ − 1)²] at points x̂ near the real data (not between real and fake, as WGAN-GP).
 
 Departures from the paper, each named where the code has it:
+- --augment diffaug (off by default, as in the paper): x̂ perturbs the un-augmented real
+  images and D sees T(x̂); the gradient is w.r.t. x̂, through T, as the DiffAugment authors take
+  their R1 penalty (w.r.t. the reals, through the augmentation).
 - x̂ is drawn as the authors' code draws it: x̂ = x + α·δ, δ = 0.5·std(x)·U[0, 1) per element
   (std over the whole batch), α ~ U[0, 1] per sample, not clamped to the data range. The
   paper's Eq. 1 writes x̂ = x + δ, δ ~ N(0, c·I); `--perturb paper` does that, with
@@ -96,7 +99,7 @@ class DRAGAN(common.GAN):
         # the gradient of the logit; summing over the batch gives each sample its own gradient,
         # since D has no batch statistics. Under --amp this pass runs in fp32 (an fp32 gradient).
         with common.full_precision(x_hat.device):
-            grad, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)  # (B, C, H, W)
+            grad, = torch.autograd.grad(self.D(self.aug(x_hat)).sum(), x_hat, create_graph=True)  # (B, C, H, W)
         # λ's factor: E[(‖∇D(x̂)‖₂ − 1)²], each norm over all of a sample's (C, H, W)
         gp = kernels.gradient_penalty(grad, target=1.0)
         with torch.no_grad():
@@ -111,8 +114,8 @@ class DRAGAN(common.GAN):
         # D: min −E[log D(x)] − E[log(1 − D(G(z)))] + λ·E[(‖∇D(x̂)‖₂ − 1)²]
         # (Kodali et al. 2017, Eq. 1, on the GAN loss of Goodfellow et al. 2014, Eq. 1), on
         # logits for stability. Both terms are backpropagated: D's loss and the penalty train D.
-        d_real = self.D(x)                           # (B,) logits
-        d_fake = self.D(fake.detach())               # (B,)
+        d_real = self.D(self.aug(x))                         # (B,) logits
+        d_fake = self.D(self.aug(fake.detach()))             # (B,)
         gp, grad_norm = self.penalty(self.perturb(x))
         loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
@@ -121,7 +124,7 @@ class DRAGAN(common.GAN):
 
         # G: the non-saturating loss, min −E[log D(G(z))] (Goodfellow et al. 2014 §3), on a
         # fresh z, as the authors' code does.
-        d_gen = self.D(self.G(self.sample_z(B)))     # (B,)
+        d_gen = self.D(self.aug(self.G(self.sample_z(B))))   # (B,)
         loss_g = F.binary_cross_entropy_with_logits(d_gen, torch.ones_like(d_gen))
         self.update(self.opt_g, loss_g)
 

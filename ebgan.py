@@ -125,6 +125,7 @@ class EBGAN(common.GAN):
 
     def energy(self, x):
         """D(x) per sample (B,) and the encoder code S (B, 4w, h, w)."""
+        x = self.aug(x)                              # --augment: the energy of the augmented image
         recon, s = self.D(x)
         err = (recon.float() - x).flatten(1)         # (B, C*H*W), fp32 under --amp
         # D(x) = ||Dec(Enc(x)) − x||   (Zhao et al. 2016, Eq. 13); 'mse': ||.||² / (C·H·W)

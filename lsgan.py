@@ -81,14 +81,14 @@ class LSGAN(common.GAN):
 
         # D: min ½ E_x[(D(x) − b)²] + ½ E_z[(D(G(z)) − a)²]        (Mao et al. 2016, Eq. 2)
         # mean of the squares over the batch, not the square of the mean
-        d_real = self.D(x)                           # (B,)
-        d_fake = self.D(fake.detach())               # (B,)
+        d_real = self.D(self.aug(x))                         # (B,)
+        d_fake = self.D(self.aug(fake.detach()))             # (B,)
         loss_d = 0.5 * (d_real - self.b).square().mean() + 0.5 * (d_fake - self.a).square().mean()
         self.update(self.opt_d, loss_d)
 
         # G: min ½ E_z[(D(G(z)) − c)²]                                (Mao et al. 2016, Eq. 2)
         # Same fake as above: the authors' code feeds G's step the same z.
-        d_gen = self.D(fake)                         # (B,)
+        d_gen = self.D(self.aug(fake))                       # (B,)
         loss_g = 0.5 * (d_gen - self.c).square().mean()
         self.update(self.opt_g, loss_g)
 

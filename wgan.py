@@ -87,7 +87,7 @@ class WGAN(common.GAN):
             # Critic: maximise E[f(x)] - E[f(G(z))]   (Arjovsky et al. 2017, Eq. 3; Algorithm 1, line 5)
             # i.e. minimise loss_d = E[f(G(z))] - E[f(x)]. Real and fake go through the critic
             # in separate batches, as in the authors' code (each BatchNorm sees one kind).
-            wasserstein = self.D(x).mean() - self.D(fake).mean()
+            wasserstein = self.D(self.aug(x)).mean() - self.D(self.aug(fake)).mean()
             loss_d = -wasserstein
             self.update(self.opt_d, loss_d)
             # Algorithm 1, line 7: w <- clip(w, -c, c), every parameter (BatchNorm's scale and shift too)
@@ -97,7 +97,7 @@ class WGAN(common.GAN):
 
         # Generator: minimise -E[f(G(z))]   (Algorithm 1, lines 9-11), a fresh batch of z
         z = self.sample_z(self.args.batch_size)          # (B, z_dim)
-        loss_g = -self.D(self.G(z)).mean()
+        loss_g = -self.D(self.aug(self.G(z))).mean()
         self.update(self.opt_g, loss_g)
 
         return {"wasserstein": wasserstein.detach(),     # E[f(x)] - E[f(G(z))], last critic update

@@ -23,6 +23,9 @@ Two architectures (--arch), both built from the image size:
   generator, layer normalisation in the critic.
 
 Departures from the paper, each named where the code has it:
+- --augment diffaug (off by default, as in the paper): x̂ is taken between the un-augmented real
+  and fake images and the critic sees T(x̂); the gradient is w.r.t. x̂, through T, as the
+  DiffAugment authors take their R1 penalty (w.r.t. the reals, through the augmentation).
 - On the built-in digits the networks are narrower (width 32, not 64) and the run is 600
   generator updates, so that it takes minutes on a CPU. On any other data the authors'
   values are used: 200,000 generator updates, as in their code.
@@ -181,7 +184,7 @@ class WGANGP(common.GAN):
         # grad_x^ D(x^), kept in the graph (create_graph) so that the penalty reaches D's weights;
         # under --amp this pass runs in fp32, so the gradient and its norm are fp32
         with common.full_precision(x.device):
-            grad, = torch.autograd.grad(self.D(x_hat).sum(), x_hat, create_graph=True)  # (B, C, H, W)
+            grad, = torch.autograd.grad(self.D(self.aug(x_hat)).sum(), x_hat, create_graph=True)  # (B, C, H, W)
         # Eq. 3: E[(||grad_x^ D(x^)||_2 - 1)^2], each norm over all of a sample's (C, H, W)
         gp = kernels.gradient_penalty(grad, target=1.0)
         with torch.no_grad():
@@ -195,14 +198,14 @@ class WGANGP(common.GAN):
             with torch.no_grad():
                 fake = self.G(self.sample_z(B))                # (B, C, H, W)
             # Algorithm 1, line 7: L = D(x~) - D(x) + lambda (||grad D(x^)||_2 - 1)^2, batch mean
-            wasserstein = self.D(x).mean() - self.D(fake).mean()
+            wasserstein = self.D(self.aug(x)).mean() - self.D(self.aug(fake)).mean()
             gp, norms = self.penalty(x, fake)
             loss_d = -wasserstein + self.args.gp_lambda * gp
             self.update(self.opt_d, loss_d)
 
         # Generator: minimise -E[D(G(z))]   (Algorithm 1, lines 11-12), a fresh batch of z
         z = self.sample_z(self.args.batch_size)                # (B, z_dim)
-        loss_g = -self.D(self.G(z)).mean()
+        loss_g = -self.D(self.aug(self.G(z))).mean()
         self.update(self.opt_g, loss_g)
 
         return {"wasserstein": wasserstein.detach(),           # E[D(x)] - E[D(G(z))], last critic update

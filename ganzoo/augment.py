@@ -1,0 +1,66 @@
+"""DiffAugment (Zhao, Liu, Lin, Zhu, Han 2020, "Differentiable Augmentation for Data-Efficient
+GAN Training", arXiv:2006.10738): the same random, differentiable colour, translation and
+cutout applied to real and generated images before D, in every D and G pass, so that D
+cannot memorise a small training set and G still gets a gradient through the augmentation.
+The ops follow the authors' DiffAugment_pytorch.py (policy 'color,translation,cutout');
+`strength` scales each op (1: theirs, 0: the identity). Every draw comes from the run's
+own random stream, which a checkpoint saves, so a resumed run draws the same augmentations."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def brightness(x, s=1.0):   # + U(-0.5, 0.5) per image
+    return x + (torch.rand(len(x), 1, 1, 1, dtype=x.dtype, device=x.device) - 0.5) * s
+
+
+def saturation(x, s=1.0):   # the distance to the grey mean scaled by U(0, 2)
+    m = x.mean(dim=1, keepdim=True)
+    return (x - m) * (1 + (torch.rand(len(x), 1, 1, 1, dtype=x.dtype, device=x.device) * 2 - 1) * s) + m
+
+
+def contrast(x, s=1.0):     # the distance to the image mean scaled by U(0.5, 1.5)
+    m = x.mean(dim=[1, 2, 3], keepdim=True)
+    return (x - m) * (1 + (torch.rand(len(x), 1, 1, 1, dtype=x.dtype, device=x.device) - 0.5) * s) + m
+
+
+def translation(x, s=1.0, ratio=0.125):
+    """Shift each image by up to 1/8 of its side in x and y, filling with zeros."""
+    B, _, H, W = x.shape
+    sh, sw = int(H * ratio * s + 0.5), int(W * ratio * s + 0.5)
+    ty = torch.randint(-sh, sh + 1, (B, 1, 1), device=x.device)
+    tx = torch.randint(-sw, sw + 1, (B, 1, 1), device=x.device)
+    b, gy, gx = torch.meshgrid(torch.arange(B, device=x.device), torch.arange(H, device=x.device),
+                               torch.arange(W, device=x.device), indexing="ij")
+    gy = torch.clamp(gy + ty + 1, 0, H + 1)
+    gx = torch.clamp(gx + tx + 1, 0, W + 1)
+    pad = F.pad(x, [1, 1, 1, 1])                                          # (B, C, H+2, W+2)
+    return pad.permute(0, 2, 3, 1)[b, gy, gx].permute(0, 3, 1, 2)          # (B, C, H, W)
+
+
+def cutout(x, s=1.0, ratio=0.5):
+    """Zero a square of half the side at a random place in each image."""
+    B, _, H, W = x.shape
+    ch, cw = int(H * ratio * s + 0.5), int(W * ratio * s + 0.5)
+    if ch == 0 or cw == 0:
+        return x
+    oy = torch.randint(0, H + (1 - ch % 2), (B, 1, 1), device=x.device)
+    ox = torch.randint(0, W + (1 - cw % 2), (B, 1, 1), device=x.device)
+    b, gy, gx = torch.meshgrid(torch.arange(B, device=x.device), torch.arange(ch, device=x.device),
+                               torch.arange(cw, device=x.device), indexing="ij")
+    gy = torch.clamp(gy + oy - ch // 2, 0, H - 1)
+    gx = torch.clamp(gx + ox - cw // 2, 0, W - 1)
+    mask = torch.ones(B, H, W, dtype=x.dtype, device=x.device)
+    mask[b, gy, gx] = 0
+    return x * mask.unsqueeze(1)
+
+
+OPS = (brightness, saturation, contrast, translation, cutout)
+
+
+def diffaug(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """colour, then translation, then cutout (B, C, H, W) -> (B, C, H, W), differentiable."""
+    for op in OPS:
+        x = op(x, strength)
+    return x
