@@ -219,6 +219,8 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
                         "WGAN and DCGAN-tensorflow code's), none (resize the whole image)")
     g.add_argument("--flip", action="store_true",
                    help="random horizontal flips of the real images (off: the papers' setting)")
+    g.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="train on the first N images of the data set only (a small-data experiment)")
     g.add_argument("--augment", choices=("none", "diffaug"), default="none",
                    help="diffaug: DiffAugment's colour, translation and cutout (Zhao et al. 2020) on real and fake "
                         "images before D, in every D and G pass (none: the papers' setting)")

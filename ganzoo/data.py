@@ -538,6 +538,19 @@ def check_fits(n: int, per_image: int, args, what: str) -> None:
                         "GiB (--data-memory-gb); use a smaller --image-size")
 
 
+def first_n(data, n: int):
+    """The first n images of a data set (in its own order), labels with them."""
+    if isinstance(data, Stacked):
+        data.triples, data.labels = data.triples[:n], data.labels[:n]
+    elif isinstance(data, StreamedFolder):
+        data.ds.files = data.ds.files[:n]
+    else:
+        data.x = data.x[:n]
+        data.labels = data.labels[:n] if data.labels is not None else None
+    data.source += f", first {n:,}"
+    return data
+
+
 def load_data(args):
     """The data set named by the (resolved) arguments, decoded once: the training split."""
     hw, c = args.image_size, args.channels
@@ -560,6 +573,9 @@ def load_data(args):
     else:
         data = load_folder(Path(path), hw, c, args.workers, memory_budget(args), getattr(args, "crop", "aspect"),
                            not getattr(args, "no_cache", False))
+    limit = getattr(args, "limit", None)
+    if limit and limit < len(data):
+        data = first_n(data, limit)
     if args.batch_size > len(data):
         raise UserError(f"--batch-size {args.batch_size} is larger than the data set ({len(data)} images); "
                         "use a smaller batch")

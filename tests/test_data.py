@@ -282,3 +282,12 @@ def test_stacked_fashion_mnist(tmp_path):
     s = load_data(Namespace(dataset="stacked-fashion-mnist", path=str(root), image_size=(28, 28), channels=3,
                             batch_size=4))
     assert s.shape == (3, 28, 28) and int(s.labels.max()) == 9
+
+
+def test_limit_trains_on_the_first_n_images(tmp_path):
+    assert run_main("dcgan", ["--limit", "24", "--out", tmp_path / "r"] + SMALL_RUN + ["--image-size", "16"]) == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["limit"] == 24 and cfg["data_size"] == 24
+    d = load_data(Namespace(dataset="digits", path=None, image_size=(16, 16), channels=1, batch_size=4, limit=5))
+    full = load_data(Namespace(dataset="digits", path=None, image_size=(16, 16), channels=1, batch_size=4))
+    assert torch.equal(d.x, full.x[:5]) and d.labels.tolist() == full.labels[:5].tolist()
