@@ -46,7 +46,7 @@ def features_fn(cfg: dict, device):
 def check(model, cfg: dict, device, out_path, n: int = 500, seed: int = 0) -> dict:
     """Writes out_path (16 rows: a sample, then its 5 nearest training images) and returns
     the report of n samples against HELD_OUT held-out real images."""
-    ns = argparse.Namespace(**{k: cfg.get(k) for k in ("dataset", "path", "channels", "crop")}, workers=0,
+    ns = argparse.Namespace(**{k: cfg.get(k) for k in ("dataset", "path", "channels", "crop", "limit")}, workers=0,
                             image_size=tuple(cfg["image_size"]), batch_size=1, data_memory_gb=None, no_cache=False)
     data = load_data(ns)
     g = torch.Generator().manual_seed(seed)

@@ -61,7 +61,7 @@ def check_image_out(out: Path, gif: bool) -> None:
 def real_images(cfg: dict, n: int, seed: int = 0) -> torch.Tensor:
     """n training images (n, C, H, W) in [-1, 1] of the data set a run's config names, drawn
     at random (a fixed draw for each seed)."""
-    ns = argparse.Namespace(**{k: cfg.get(k) for k in ("dataset", "path", "channels")}, workers=0,
+    ns = argparse.Namespace(**{k: cfg.get(k) for k in ("dataset", "path", "channels", "crop", "limit")}, workers=0,
                             image_size=tuple(cfg["image_size"]), batch_size=1, data_memory_gb=cfg.get("data_memory_gb"))
     data = load_data(ns)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
