@@ -26,8 +26,9 @@ def check_values(args, min_batch: int = 1) -> None:
             if isinstance(x, float) and not math.isfinite(x):
                 raise UserError(f"--{k.replace('_', '-')} {x}: not a finite number")
     for k in ("g_lr", "d_lr", "lr"):
-        if getattr(args, k, None) is not None and args.__dict__[k] <= 0:
-            raise UserError(f"--{k.replace('_', '-')} {args.__dict__[k]}: a learning rate must be > 0")
+        v = getattr(args, k, None)
+        if v is not None and v <= 0:
+            raise UserError(f"--{k.replace('_', '-')} {v}: a learning rate must be > 0")
     for k in ("beta1", "beta2"):
         v = getattr(args, k, None)
         if v is not None and not 0 <= v < 1:

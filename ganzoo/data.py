@@ -5,6 +5,7 @@ batches; and a folder of images (any format PIL reads; streamed by DataLoader wo
 does not fit in memory)."""
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import json
@@ -400,7 +401,7 @@ def collate_skip(items):
 
 
 def memory_budget(args) -> float:
-    if args.data_memory_gb is not None:
+    if getattr(args, "data_memory_gb", None) is not None:
         return args.data_memory_gb * 2**30
     try:
         return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -419,6 +420,10 @@ class StreamedFolder:
 
     def __len__(self):
         return len(self.ds)
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The readable ones of the images at idx, decoded now (uint8 (B', C, H, W))."""
+        return collate_skip([self.ds[int(i)] for i in idx])[0]
 
 
 def cache_key(scanned, hw, channels, crop) -> str:
@@ -555,8 +560,6 @@ def load_data(args):
     """The data set named by the (resolved) arguments, decoded once: the training split."""
     hw, c = args.image_size, args.channels
     path = getattr(args, "path", None)
-    if not hasattr(args, "data_memory_gb"):
-        args.data_memory_gb = None
     if args.dataset in STACKED:
         if c != 3:
             raise UserError(f"{args.dataset} has 3 channels (one image in each); drop --channels")
@@ -580,6 +583,14 @@ def load_data(args):
         raise UserError(f"--batch-size {args.batch_size} is larger than the data set ({len(data)} images); "
                         "use a smaller batch")
     return data
+
+
+def load_run_data(cfg: dict):
+    """The training data a run's config names (the split, size, channels, crop and --limit it
+    trained on)."""
+    return load_data(argparse.Namespace(**{k: cfg.get(k) for k in ("dataset", "path", "channels", "crop", "limit",
+                                                                     "data_memory_gb")},
+                                        image_size=tuple(cfg["image_size"]), batch_size=1, workers=0))
 
 
 def check_dir(path) -> Path:

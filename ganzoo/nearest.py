@@ -5,12 +5,10 @@ training set than held-out real images are is a copy. Distances are in the judge
 where the data set has a judge, else in down-sampled pixels (16x16, so that a folder works)."""
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-from .data import LABELLED, load_data
+from .data import LABELLED, load_run_data
 from .evaluation import scorer
 from .images import grid, save_png
 from .sample import generate_n
@@ -46,19 +44,14 @@ def features_fn(cfg: dict, device):
 def check(model, cfg: dict, device, out_path, n: int = 500, seed: int = 0) -> dict:
     """Writes out_path (16 rows: a sample, then its 5 nearest training images) and returns
     the report of n samples against HELD_OUT held-out real images."""
-    ns = argparse.Namespace(**{k: cfg.get(k) for k in ("dataset", "path", "channels", "crop", "limit")}, workers=0,
-                            image_size=tuple(cfg["image_size"]), batch_size=1, data_memory_gb=None, no_cache=False)
-    data = load_data(ns)
+    data = load_run_data(cfg)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(data), generator=g)
     held = min(HELD_OUT, len(data) // 5)
     held_idx, train_idx = order[:held], order[held:held + MAX_TRAIN]
 
     def images(idx):
-        if hasattr(data, "batch"):
-            return data.batch(idx).float() / 127.5 - 1
-        items = [data.ds[int(i)] for i in idx]
-        return torch.stack([t for t in items if t is not None]).float() / 127.5 - 1
+        return data.batch(idx).float() / 127.5 - 1
     feats, what = features_fn(cfg, device)
     train_x = torch.cat([images(b) for b in train_idx.split(2000)])
     train_f = torch.cat([feats(b) for b in train_x.split(2000)])

@@ -2,7 +2,6 @@
 --sample command (a grid, or a GIF walking the latent space) from a checkpoint."""
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import load_data
+from .data import load_run_data
 from .errors import UserError
 from .images import grid, save_gif, save_png, slerp
 from .scale import pick_device
@@ -61,13 +60,9 @@ def check_image_out(out: Path, gif: bool) -> None:
 def real_images(cfg: dict, n: int, seed: int = 0) -> torch.Tensor:
     """n training images (n, C, H, W) in [-1, 1] of the data set a run's config names, drawn
     at random (a fixed draw for each seed)."""
-    ns = argparse.Namespace(**{k: cfg.get(k) for k in ("dataset", "path", "channels", "crop", "limit")}, workers=0,
-                            image_size=tuple(cfg["image_size"]), batch_size=1, data_memory_gb=cfg.get("data_memory_gb"))
-    data = load_data(ns)
+    data = load_run_data(cfg)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
-    if hasattr(data, "batch"):
-        return data.batch(idx).float() / 127.5 - 1
-    return torch.stack([data.ds[int(i)] for i in idx if data.ds[int(i)] is not None]).float() / 127.5 - 1
+    return data.batch(idx).float() / 127.5 - 1
 
 
 def sample(model_cls, args) -> int:

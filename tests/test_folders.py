@@ -139,3 +139,13 @@ def test_nearest_report_of_a_generator_that_copies_nothing():
     d_fake, d_held = nearest.nearest(fake, train)[0][:, 0], nearest.nearest(held, train)[0][:, 0]
     r = nearest.report(d_fake, d_held)
     assert r["closer_than_held_out_p1"] < 0.05 and abs(r["samples_median"] - r["held_out_median"]) < 0.2
+
+
+def test_a_streamed_folder_serves_batch_as_the_in_memory_one_does(tmp_path):
+    root = pics(tmp_path / "imgs", n=6)
+    (root / "bad.png").write_bytes(b"not a png")
+    mem = load_folder(root, (16, 16), 3, 0, 2**30, cache=False)
+    streamed = load_folder(root, (16, 16), 3, 0, 0)  # over the budget: decoded on demand
+    assert isinstance(streamed, data_mod.StreamedFolder)
+    idx = torch.arange(7)  # file 6 is bad.png (sorted last): skipped, the six others decoded
+    assert torch.equal(streamed.batch(idx), mem.x)
