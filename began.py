@@ -31,7 +31,7 @@ Departures from the paper (and choices where it is silent), each named where the
   writes L_D and L_G (§3.4); carpedm20 uses one z for both. The losses are computed from one
   pass of D over [x, G(z_D), G(z_G)] and both networks are stepped together, the paper's
   simultaneous update (as carpedm20 does); k_t is then updated from the same L(x) and L(G(z_G)).
-- On the built-in digits: n = 16 (paper 128), 3,000 steps at a constant learning rate
+- On the small data sets (the digits, the MNIST family): n = 16 (paper 128), 3,000 steps at a constant learning rate
   of 3e-4 (the paper's 8e-5 is too slow to draw digits in minutes), and D's bottleneck
   N_h = 16, γ = 1, λ_k = 0.01: with the paper's N_h = 64, γ = 0.5, λ_k = 0.001 k_t sits at 0
   and G collapses to one blob on these 8x8-sourced images (README: "BEGAN on the digits").

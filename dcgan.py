@@ -18,7 +18,7 @@ Departures from the paper, each named where the code has it:
   dcgan.torch reuses the output of D's forward pass from before D's update (G is stepped
   against the old D). The fresh pass is what a reader of Goodfellow et al.'s Algorithm 1
   expects and what pytorch/examples does.
-- On the built-in digits the networks are narrower (width 32, not 64) and the run is
+- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is
   2,000 generator updates, so that it takes minutes on a CPU. On any other data the
   paper's width is used; the paper gives no step count for faces, so a folder run defaults
   to 20,000 updates (about 13 CelebA epochs at batch 128).

@@ -26,7 +26,7 @@ Departures from the paper, each named where the code has it:
   convolutions have biases here, as nothing normalises them); the authors' TensorFlow D has a
   bias in every layer, the logit's included. Kept so that DRAGAN checkpoints written before
   stay loadable.
-- On the built-in digits the networks are narrower (width 32, not 64) and the run is
+- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is
   1,200 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
   a folder run defaults to 20,000 updates.
 """

@@ -25,7 +25,7 @@ Departures from the paper (and choices where it is silent), each named where the
   LeakyReLU(0.2) (as khanrc/tf.gans-comparison reads the appendix); the three stride-2
   stages are kept at every image size whose sides halve three times, and two are used
   where they do not (28x28: 28 -> 14 -> 7). Batch 128 and z ~ N(0, I) of 100 dims are DCGAN's.
-- On the built-in digits the networks are narrower (width 32, not 64), the batch is 64
+- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64), the batch is 64
   and the run 2,000 generator updates, so that it takes minutes on a CPU. The paper gives
   no step count for faces; a folder run defaults to 20,000 updates.
 """

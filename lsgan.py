@@ -14,7 +14,7 @@ Departures from the paper, each named where the code has it:
   then 3x3 deconvolutions) are built for LSUN scenes and are not implemented.
 - The losses are means over the batch (½E[.]), as the paper writes them; the authors'
   code sums over the batch (tf.nn.l2_loss), which only rescales the gradients.
-- On the built-in digits the networks are narrower (width 32, not 64) and the run is
+- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is
   2,500 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
   a folder run defaults to 20,000 updates.
 - Both learning rates are 0.001, the authors' rate for LSUN scenes (train_lsun.py), on every

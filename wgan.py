@@ -15,7 +15,7 @@ critic has caught up (without the warm-up it first rises while the critic learns
 Departures from the paper, each named where the code has it:
 - The authors' code trains the critic 100 times (not n_critic) for the first 25 generator
   updates and every 500th; this is kept (--critic-warmup; 0 turns it off).
-- On the built-in digits the networks are narrower (width 32, not 64), the run is 1,000
+- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64), the run is 1,000
   generator updates, the learning rate is 2e-4 (not 5e-5) and there is no critic warm-up, so
   that it draws digits in minutes on a CPU: the warm-up alone would take half of them, and at
   5e-5 the grid after 1,000 updates is still mostly blotches.

@@ -26,7 +26,7 @@ Departures from the paper, each named where the code has it:
 - --augment diffaug (off by default, as in the paper): x̂ is taken between the un-augmented real
   and fake images and the critic sees T(x̂); the gradient is w.r.t. x̂, through T, as the
   DiffAugment authors take their R1 penalty (w.r.t. the reals, through the augmentation).
-- On the built-in digits the networks are narrower (width 32, not 64) and the run is 600
+- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is 600
   generator updates, so that it takes minutes on a CPU. On any other data the authors'
   values are used: 200,000 generator updates, as in their code.
 - The --arch dcgan networks are common.py's DCGAN stack (4x4 kernels, N(0, 0.02) weights),
