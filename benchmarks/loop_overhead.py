@@ -1,13 +1,15 @@
-"""The training loop's overhead: ganzoo.loop.train() against a bare training step of the same
-networks, written the way pytorch/examples/dcgan writes it (no logging, no grids, no
-checkpoints, batches sliced from a tensor).
+"""The training loop's overhead: ganzoo.loop.train() against bare calls of the model's own
+training step (DCGAN.train_step on batches sliced from a tensor, under the same autocast and
+memory format as the run: no Batches, no metrics, no grids, no checkpoints).
 
     python benchmarks/loop_overhead.py                   # DCGAN defaults on the built-in digits
     python benchmarks/loop_overhead.py --steps 500 --device cuda
+    python benchmarks/loop_overhead.py --amp off --channels-last off   # flags go to both
 
 The loop's time per step is (T(short + steps) - T(short)) / steps, so start-up (data, model
-build) cancels and every per-step cost the loop adds at its default intervals (metrics,
-grids every 250 steps, checkpoints every 500) is counted.
+build) cancels and every per-step cost the loop adds at its default intervals (metrics every
+50 steps, grids every 250, checkpoints every 500) is counted. The two are interleaved,
+--repeats times, and the best of each is taken.
 """
 import argparse
 import sys
@@ -16,39 +18,30 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import dcgan  # noqa: E402
 from ganzoo.data import load_data, resolve_data_args  # noqa: E402
+from ganzoo.scale import autocast, channels_last, device_summary, prepare_model, resolve_speed  # noqa: E402
 
 
 def bare(steps, device, argv):
-    args = dcgan.build_parser().parse_args(argv)
+    args = dcgan.build_parser().parse_args(["--device", device.type, *argv])
     resolve_data_args(args)
+    resolve_speed(args, device, args.steps)
     data = load_data(args)
     torch.manual_seed(0)
-    m = dcgan.DCGAN(args, data.shape, device)
-    G, D, og, od = m.G, m.D, m.opt_g, m.opt_d
+    m = prepare_model(dcgan.DCGAN(args, data.shape, device), args, for_training=True)
     x_all = data.x.to(device).float() / 127.5 - 1
-    B = args.batch_size
+    if channels_last(args, device):
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
+    B, amp = args.batch_size, autocast(args, device)
     t = time.perf_counter()
     for i in range(steps):
         j = (i * B) % (len(x_all) - B)
-        x = x_all[j:j + B]
-        fake = G(torch.randn(B, args.z_dim, device=device))
-        d_real, d_fake = D(x), D(fake.detach())
-        loss_d = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \
-            F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
-        od.zero_grad()
-        loss_d.backward()
-        od.step()
-        out = D(fake)
-        loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
-        og.zero_grad()
-        loss_g.backward()
-        og.step()
+        with amp:
+            m.train_step(lambda: x_all[j:j + B])
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t) / steps
@@ -78,7 +71,7 @@ def main():
             l.append((looped(a.short + a.steps, argv) - looped(a.short, argv)) / a.steps)
     tb, tl = min(b), min(l)
     print(f"bare step: {tb * 1e3:.1f} ms   loop step: {tl * 1e3:.1f} ms   overhead: {100 * (tl / tb - 1):+.1f} %"
-          f"   ({a.steps} steps, best of {a.repeats}, device {a.device}, {torch.get_num_threads()} threads)")
+          f"   ({a.steps} steps, best of {a.repeats}; {device_summary(device)})")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def upgrade_config(config: dict, hypers: dict) -> dict:
     for k, h in hypers.items():
         if k not in config and h.small is None:
             config[k] = plain(h.default)
+    if isinstance(config.get("compile"), bool):  # before --compile took auto|on|off
+        config["compile"] = "on" if config["compile"] else "off"
     return config
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .data import DATASETS
+from .scale import COMPILE_MIN_STEPS
 
 # Values such as "-1,1,0" (LSGAN's --abc) and "-0.5" are values, not flags.
 NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.,eE+-]*$")
@@ -253,13 +254,17 @@ def _run_flags(p) -> None:
     g.add_argument("--eval-every", type=int, default=0,
                    help="steps between quality metrics (evaluate.py) in metrics.jsonl; 0: off; digits data sets only")
     g = p.add_argument_group("speed and scale (none changes a model's equations)")
-    g.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off",
-                   help="mixed precision: autocast the forward passes (fp16 with a gradient scaler); "
-                        "gradient penalties stay in fp32")
+    g.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                   help="mixed precision: autocast the forward passes (fp16 with a gradient scaler); gradient "
+                        "penalties and losses stay in fp32. auto: bf16 where the hardware computes it natively "
+                        "(CUDA compute capability >= 8.0, a CPU with AVX512-BF16 or AMX), else off; never fp16")
     g.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="channels_last memory format for networks and batches (auto: on with CUDA)")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the networks (not a critic that a gradient penalty differentiates twice)")
+                   help="channels_last memory format for networks and batches (auto: on with CUDA and on CPUs "
+                        "with oneDNN, off on Apple GPUs)")
+    g.add_argument("--compile", choices=("auto", "on", "off"), nargs="?", const="on", default="auto",
+                   help="torch.compile the networks (not a critic that a gradient penalty differentiates twice); "
+                        f"--compile alone is on. auto: on with CUDA for runs of at least {COMPILE_MIN_STEPS:,} "
+                        "steps, off on the CPU (measured: no faster there)")
     g.add_argument("--ema", type=ema_beta, default=0.0, metavar="BETA",
                    help="keep an exponential moving average of G's weights with this decay (e.g. 0.999) and "
                         "use it for samples and evaluation; 0: off")

@@ -24,7 +24,7 @@ from .images import grid
 from .logs import NoWriter, RunWriter, new_run_dir
 from .sample import generate, generate_n
 from .scale import (agree, autocast, channels_last, cpu_has_native, ema_update, finite, init_distributed,
-                    pick_device, prepare_model, rank, world)
+                    pick_device, prepare_model, rank, resolve_speed, world)
 
 
 def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
@@ -38,7 +38,7 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
         raise UserError(f"--eval-every: no quality metric for --dataset {args.dataset}: the metrics need a judge "
                         "classifier trained on labelled images, and a folder has no labels")
     check_memory(model_cls, args, (args.channels, *args.image_size))
-    device = setup_device(args)
+    device = setup_device(args, args.steps - (int(ckpt["step"]) if ckpt else 0))
     run_dir = Path(args.out) if args.out else new_run_dir(model_cls.name)
     lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
     if lead:
@@ -65,6 +65,8 @@ def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_e
         if lead else NoWriter()
     evaluator = make_evaluator(args, device) if lead and args.eval_every and make_evaluator else None
     out.say(describe(model, args, data, device, start, run_dir))
+    for line in getattr(args, "_auto", []):
+        out.say(f"{model.name}: {line}")
     if start >= args.steps:
         out.say(f"the checkpoint is at step {start}, already at --steps {args.steps}; nothing to train")
         return 0
@@ -155,9 +157,11 @@ def check_same_data(ckpt, data, ckpt_file) -> None:
                         "a resumed run keeps its data (start a new run for other data)")
 
 
-def setup_device(args) -> torch.device:
-    """This process's device (its rank's under torchrun), the --amp checks, the seed."""
+def setup_device(args, steps_to_run: int) -> torch.device:
+    """This process's device (its rank's under torchrun); each 'auto' speed flag resolved for
+    it (args._auto: what was chosen and why, for the run's first lines); the --amp checks; the seed."""
     device = init_distributed(args) or pick_device(args.device)
+    args._auto = resolve_speed(args, device, steps_to_run)
     if args.amp != "off" and device.type == "mps":
         raise UserError("--amp: autocast on Apple GPUs is not supported here (use --amp off)")
     if args.amp != "off" and device.type == "cpu" and rank() == 0 and not cpu_has_native(args.amp):
@@ -196,7 +200,7 @@ def run_config(args, model, data) -> dict:
 def describe(model, args, data, device, start, run_dir) -> str:
     info = (f"{model.name}: {len(data)} images {tuple(data.shape)} from {data.source}, device {device}, "
             f"steps {start}->{args.steps}, run dir {run_dir}")
-    if args.compile and model.double_backward:
+    if args.compile == "on" and model.double_backward:
         info += "; --compile: G only (the gradient penalty differentiates D twice, which compiled graphs cannot)"
     if world() > 1:
         info += f"; {world()} ranks of batch {args.batch_size} (global batch {world() * args.batch_size})"

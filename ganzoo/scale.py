@@ -133,15 +133,126 @@ def autocast(args, device: torch.device):
     cache is off: autocast keeps the half-precision copy of a parameter until the outermost
     region ends, and a train_step steps D (n_critic times for WGAN) before it uses D again,
     so a cached copy would run the second forward pass on the weights before the update."""
-    return torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16,
-                          enabled=args.amp != "off", cache_enabled=False)
+    amp = resolve_amp(device)[0] if args.amp == "auto" else args.amp
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16,
+                          enabled=amp != "off", cache_enabled=False)
+
+
+# ---- what "auto" picks: --amp, --channels-last, --compile ------------------------------------
+# Each rule is decided from what the device reports (CPU flags, CUDA compute capability), so
+# that the detection functions can be fed synthetic values in tests.
+
+COMPILE_MIN_STEPS = 10_000  # --compile auto: the shortest run (steps still to train) on CUDA that compiles
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The CPU's feature flags (the 'flags' line of /proc/cpuinfo), or None where the system
+    does not say (no /proc/cpuinfo: macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return None
+
+
+def device_summary(device: torch.device, flags: set[str] | None = None) -> str:
+    """The machine in words, for a benchmark's first line: the GPU's name and compute
+    capability, or the CPU's threads and the features that decide the speed rules."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    flags = cpu_flags() if flags is None else flags
+    n = torch.get_num_threads()
+    cpu = f"CPU, {n} thread{'s' * (n > 1)}"
+    if flags is None:
+        return f"{cpu}, features not reported"
+    feats = [f for f in CPU_FEATURES if f in flags]
+    return f"{cpu}, features: {', '.join(feats) or 'none of ' + ', '.join(CPU_FEATURES)}"
+
+
+def resolve_amp(device: torch.device, flags: set[str] | None = None,
+                capability: tuple[int, int] | None = None) -> tuple[str, str]:
+    """(--amp auto's choice, why): bf16 where the hardware computes bf16 natively (CUDA with
+    compute capability >= 8.0; a CPU with AVX512-BF16 or AMX), else off. Never fp16: it needs a
+    gradient scaler and its range is too narrow for some losses (EBGAN's energies, WGAN's
+    critic), so it is only ever a user's explicit choice."""
+    if device.type == "cuda":
+        capability = capability or torch.cuda.get_device_capability(device)
+        if tuple(capability) >= (8, 0):
+            return "bf16", f"compute capability {capability[0]}.{capability[1]} computes bf16 natively"
+        return "off", f"compute capability {capability[0]}.{capability[1]} < 8.0 has no native bf16"
+    if device.type == "cpu":
+        flags = cpu_flags() if flags is None else flags
+        if flags is None:  # the system does not list them: ask oneDNN
+            return ("bf16", "oneDNN reports native bf16") if cpu_has_native("bf16") else \
+                ("off", "oneDNN reports no native bf16 (it would be emulated)")
+        native = sorted(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+        if native:
+            return "bf16", f"the CPU has {' and '.join(n.upper().replace('_', '-') for n in native)}"
+        return "off", "the CPU has no AVX512-BF16 or AMX (bf16 would be emulated, many times slower)"
+    return "off", f"autocast is not used on {device.type}"
+
+
+def resolve_channels_last(device: torch.device) -> tuple[str, str]:
+    """(--channels-last auto's choice, why): on with CUDA (cuDNN's NHWC kernels) and on the CPU
+    where oneDNN runs the convolutions (measured on an AVX512 CPU: DCGAN 1.15x in fp32, 1.13x
+    with bf16; on an AVX2-only CPU 1.25x: benchmarks/train_speed.py); off elsewhere (MPS)."""
+    if device.type == "cuda":
+        return "on", "CUDA"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        return "on", "oneDNN's convolutions are faster in channels_last on the CPU"
+    return "off", f"not measured faster on {device.type}"
+
+
+def resolve_compile(device: torch.device, steps_to_run: int, has_triton: bool | None = None) -> tuple[str, str]:
+    """(--compile auto's choice, why): on only with CUDA (and Triton, which inductor's GPU
+    code needs) for a run with at least COMPILE_MIN_STEPS steps still to train, where a compile
+    of a minute or so is a small share of the run; off on the CPU, where compiling DCGAN
+    took 16 s and gave no speed (546 vs 585 images/s with bf16 and channels_last, one thread
+    of an AVX512 CPU), and off for a short run (a test must not wait for a compile)."""
+    if device.type != "cuda":
+        return "off", ("on the CPU a compile costs more than it saves (measured: DCGAN no faster compiled)"
+                       if device.type == "cpu" else f"not measured on {device.type}")
+    if steps_to_run < COMPILE_MIN_STEPS:
+        return "off", f"{steps_to_run:,} steps to run, under {COMPILE_MIN_STEPS:,} (the compile would not pay back)"
+    if has_triton is None:
+        try:
+            from torch.utils._triton import has_triton as _has
+            has_triton = _has()
+        except ImportError:
+            has_triton = False
+    if not has_triton:
+        return "off", "Triton is not installed (inductor needs it on CUDA)"
+    return "on", f"CUDA, {steps_to_run:,} steps to run"
+
+
+def resolve_speed(args, device: torch.device, steps_to_run: int) -> list[str]:
+    """Replace each 'auto' among --amp, --channels-last and --compile in args by its choice on
+    this device (config.json then records the choice, and a resumed run keeps it). Returns
+    one line per choice made, saying why."""
+    said = []
+    for flag, rule in (("amp", lambda: resolve_amp(device)),
+                       ("channels_last", lambda: resolve_channels_last(device)),
+                       ("compile", lambda: resolve_compile(device, steps_to_run))):
+        if getattr(args, flag, None) == "auto":
+            value, why = rule()
+            setattr(args, flag, value)
+            said.append(f"--{flag.replace('_', '-')} auto: {value} ({why})")
+    return said
 
 
 # ---- the model's networks ----------------------------------------------------------------
 
 def channels_last(args, device) -> bool:
     v = getattr(args, "channels_last", "auto")
-    return v == "on" or (v == "auto" and device.type == "cuda")
+    return v == "on" or (v == "auto" and resolve_channels_last(device)[0] == "on")
 
 
 def prepare_model(model, args, for_training: bool):
@@ -160,7 +271,7 @@ def prepare_model(model, args, for_training: bool):
             m.to(memory_format=torch.channels_last)
     if for_training and getattr(args, "amp", "off") == "fp16":
         model.scalers = {k: torch.amp.GradScaler(device.type) for k in model.optimizers()}
-    if for_training and getattr(args, "compile", False):
+    if for_training and getattr(args, "compile", "off") in ("on", True):
         backend = os.environ.get("GAN_COMPILE_BACKEND", "inductor")  # tests use "eager" (no C++ compiler run)
         model.G.compile(backend=backend)
         if not model.double_backward:

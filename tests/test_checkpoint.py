@@ -86,8 +86,11 @@ def test_an_old_checkpoint_resumes_as_todays_code_runs(tmp_path, model, request)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     request.addfinalizer(lambda: torch.set_num_threads(threads))
-    assert run_main(model, ["--resume", run, "--steps", "4", "--no-progress"]) == 0
-    assert run_main(model, OLD_ARGS + OLD_EXTRA.get(model, []) + ["--steps", "4", "--out", tmp_path / "new"]) == 0
+    # The old runs were fp32 in the contiguous layout: their config says --amp off, and their
+    # --channels-last auto (then: on with CUDA only) is resolved again on resume, today on the CPU too.
+    assert run_main(model, ["--resume", run, "--steps", "4", "--no-progress", "--channels-last", "off"]) == 0
+    assert run_main(model, OLD_ARGS + OLD_EXTRA.get(model, []) + ["--steps", "4", "--out", tmp_path / "new",
+                                                                  "--amp", "off", "--channels-last", "off"]) == 0
     old, new = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (run, tmp_path / "new"))
     assert old["step"] == new["step"] == 4
     for net, sd in new["nets"].items():

@@ -18,6 +18,8 @@ import wgan_gp
 from ganzoo.checkpoint import load_checkpoint, model_from_checkpoint
 from ganzoo.data import resolve_data_args
 from ganzoo.loop import one_step
+from ganzoo import scale
+from ganzoo.checkpoint import upgrade_config
 from ganzoo.scale import autocast, ema_update, prepare_model
 
 
@@ -157,8 +159,8 @@ def test_gradient_penalty_is_fp32_under_autocast(module, make):
 
 def test_channels_last_changes_layout_not_results(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run_main("dcgan", TINY + ["--channels-last", "off", "--out", a]) == 0
-    assert run_main("dcgan", TINY + ["--channels-last", "on", "--out", b]) == 0
+    assert run_main("dcgan", TINY + ["--amp", "off", "--channels-last", "off", "--out", a]) == 0
+    assert run_main("dcgan", TINY + ["--amp", "off", "--channels-last", "on", "--out", b]) == 0
     ga, gb = _nets(a)["nets"]["G"], _nets(b)["nets"]["G"]
     for k in ga:
         torch.testing.assert_close(ga[k].contiguous(), gb[k].contiguous(), rtol=1e-4, atol=1e-5)
@@ -201,7 +203,8 @@ def test_two_ranks_of_b_make_the_first_update_of_one_rank_of_2b(tmp_path):
     """BEGAN has no BatchNorm: K ranks of batch B must make the update one process makes with
     batch K·B (gradients averaged; the same data, z and k_t)."""
     common_args = ["--steps", "2", "--width", "4", "--image-size", "16", "--log-every", "1",
-                   "--checkpoint-every", "1", "--no-progress", "--device", "cpu", "--lambda-k", "0.5"]
+                   "--checkpoint-every", "1", "--no-progress", "--device", "cpu", "--lambda-k", "0.5",
+                   "--amp", "off"]  # fp32: bf16 (auto's choice on some CPUs) rounds batch 8 and 2 x 4 differently
     one, two = tmp_path / "one", tmp_path / "two"
     r = _torchrun("began.py", 1, *common_args, "--batch-size", "8", "--out", one)
     assert r.returncode == 0, r.stderr
@@ -231,3 +234,111 @@ def test_sync_bn_without_cuda_is_one_line_exit_2(tmp_path):
     r = _torchrun("dcgan.py", 2, *TINY, "--sync-bn", "--device", "cpu", "--out", tmp_path / "s")
     assert r.returncode != 0
     assert "--sync-bn needs CUDA" in r.stderr
+
+
+# ---- what "auto" picks ----------------------------------------------------------------------
+
+CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse2 avx avx2 avx512f avx512_bf16 avx512_vnni
+"""
+
+
+def test_cpu_flags_are_read_from_cpuinfo():
+    assert {"avx2", "avx512f", "avx512_bf16"} <= scale.cpu_flags(CPUINFO)
+    assert "asimd" in scale.cpu_flags("processor : 0\nFeatures : fp asimd bf16\n")  # ARM's spelling
+    assert scale.cpu_flags("processor : 0\n") is None
+    summary = scale.device_summary(CPU, scale.cpu_flags(CPUINFO))
+    assert "avx2, avx512f, avx512_bf16" in summary and "amx" not in summary
+    assert "none of" in scale.device_summary(CPU, {"sse2"})
+
+
+@pytest.mark.parametrize("flags,want", [
+    ({"avx2"}, "off"),                           # AVX2 only: bf16 would be emulated
+    ({"avx2", "avx512f"}, "off"),                # AVX512 without its BF16 extension
+    ({"avx2", "avx512f", "avx512_bf16"}, "bf16"),
+    ({"avx2", "amx_bf16", "amx_tile"}, "bf16"),
+    ({"avx2", "avx512_fp16"}, "off"),            # native fp16 is still never chosen
+])
+def test_amp_auto_on_the_cpu_is_bf16_only_where_it_is_native(flags, want):
+    got, why = scale.resolve_amp(CPU, flags=flags)
+    assert got == want and why
+
+
+@pytest.mark.parametrize("cap,want", [((7, 0), "off"), ((7, 5), "off"), ((8, 0), "bf16"), ((8, 6), "bf16"),
+                                      ((9, 0), "bf16"), ((10, 0), "bf16")])
+def test_amp_auto_on_cuda_is_bf16_from_compute_capability_8(cap, want):
+    got, why = scale.resolve_amp(CUDA, capability=cap)
+    assert got == want and f"{cap[0]}.{cap[1]}" in why
+
+
+def test_amp_auto_asks_onednn_where_the_system_lists_no_flags(monkeypatch):
+    for native, want in ((True, "bf16"), (False, "off")):
+        monkeypatch.setattr(scale, "cpu_has_native", lambda name: native)
+        monkeypatch.setattr(scale, "cpu_flags", lambda cpuinfo=None: None)
+        assert scale.resolve_amp(CPU)[0] == want
+    assert scale.resolve_amp(MPS)[0] == "off"
+
+
+def test_channels_last_auto():
+    assert scale.resolve_channels_last(CUDA)[0] == "on"
+    assert scale.resolve_channels_last(CPU)[0] == ("on" if torch.backends.mkldnn.is_available() else "off")
+    assert scale.resolve_channels_last(MPS)[0] == "off"
+
+
+def test_compile_auto_only_for_long_cuda_runs():
+    long = scale.COMPILE_MIN_STEPS
+    assert scale.resolve_compile(CPU, 10 * long)[0] == "off"
+    assert scale.resolve_compile(MPS, 10 * long)[0] == "off"
+    assert scale.resolve_compile(CUDA, 20, has_triton=True)[0] == "off"  # a test run never waits for a compile
+    assert scale.resolve_compile(CUDA, long - 1, has_triton=True)[0] == "off"
+    assert scale.resolve_compile(CUDA, long, has_triton=True)[0] == "on"
+    assert scale.resolve_compile(CUDA, long, has_triton=False)[0] == "off"
+
+
+def test_resolve_speed_replaces_only_auto_and_says_why(monkeypatch):
+    monkeypatch.setattr(scale, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512_bf16"})
+    args = _args(dcgan)
+    assert (args.amp, args.channels_last, args.compile) == ("auto", "auto", "auto")  # the defaults
+    said = scale.resolve_speed(args, CPU, 20)
+    assert args.amp == "bf16" and args.compile == "off" and args.channels_last in ("on", "off")
+    assert [l.split(":")[0] for l in said] == ["--amp auto", "--channels-last auto", "--compile auto"]
+    assert "AVX512-BF16" in said[0]
+    args = _args(dcgan, "--amp", "fp16", "--channels-last", "off", "--compile")  # explicit: kept
+    assert scale.resolve_speed(args, CPU, 20) == [] and (args.amp, args.channels_last, args.compile) == \
+        ("fp16", "off", "on")
+    assert _args(dcgan, "--compile", "off").compile == "off"
+
+
+def test_auto_is_said_recorded_and_kept_on_resume(tmp_path, capsys, monkeypatch):
+    """The first lines say what auto chose; config.json records the choice (not 'auto'); a
+    resumed run keeps it even where auto would now choose otherwise; an explicit flag wins."""
+    out = tmp_path / "r"
+    monkeypatch.setattr(scale, "resolve_amp", lambda device: ("off", "a test's choice"))
+    assert run_main("dcgan", TINY + ["--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "dcgan: --amp auto: off (a test's choice)" in err and "dcgan: --compile auto: off" in err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["amp"] == "off" and cfg["compile"] == "off" and cfg["channels_last"] in ("on", "off")
+    monkeypatch.setattr(scale, "resolve_amp", lambda device: ("bf16", "another machine's"))
+    assert run_main("dcgan", ["--resume", out, "--steps", "6"]) == 0
+    assert "--amp auto" not in capsys.readouterr().err
+    assert _nets(out)["config"]["amp"] == "off" and _nets(out)["step"] == 6
+    assert run_main("dcgan", ["--resume", out, "--steps", "8", "--amp", "bf16"]) == 0
+    assert _nets(out)["config"]["amp"] == "bf16"
+
+
+def test_a_short_compile_auto_run_does_not_compile(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(self))
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
+    assert compiled == [] and json.loads((tmp_path / "r" / "config.json").read_text())["compile"] == "off"
+    monkeypatch.setenv("GAN_COMPILE_BACKEND", "eager")
+    assert run_main("dcgan", TINY + ["--compile", "--out", tmp_path / "c"]) == 0  # the old spelling: on
+    assert len(compiled) == 2
+
+
+def test_an_old_config_with_a_boolean_compile_is_upgraded():
+    assert upgrade_config({"compile": True}, {})["compile"] == "on"
+    assert upgrade_config({"compile": False}, {})["compile"] == "off"
