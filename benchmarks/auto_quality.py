@@ -88,7 +88,10 @@ def main(argv=None) -> int:
             scored[m, s, k] = {**evaluation(d, ev, device), "loop_s": speed(d)[1]}
         except UserError as e:
             print(f"{m} {s} seed {k}: {e}", file=sys.stderr)
-    lines = [f"{device_summary(device)}; seeds {', '.join(map(str, a.seeds))}; {a.n} samples per evaluation",
+    threads = (job_env(0, a.jobs) or {}).get("OMP_NUM_THREADS", "all")
+    machine = device_summary(device).split(", ", 2)[-1]  # the features; the trainings' threads are said next
+    lines = [f"CPU {machine}; {a.jobs} training(s) at once, {threads} thread(s) each; seeds "
+             f"{', '.join(map(str, a.seeds))}; {a.n} samples per evaluation",
              "", "| model | metric | auto | off | auto - off | seed-to-seed | within noise |",
              "|---|---|---:|---:|---:|---:|---|"]
     for m in a.models:
