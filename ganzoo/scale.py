@@ -218,7 +218,7 @@ def resolve_compile(device: torch.device, steps_to_run: int, has_triton: bool | 
     took 16 s and gave no speed (546 vs 585 images/s with bf16 and channels_last, one thread
     of an AVX512 CPU), and off for a short run (a test must not wait for a compile)."""
     if device.type != "cuda":
-        return "off", ("on the CPU a compile costs more than it saves (measured: DCGAN no faster compiled)"
+        return "off", ("on the CPU a compile costs more than it saves: DCGAN measured no faster compiled"
                        if device.type == "cpu" else f"not measured on {device.type}")
     if steps_to_run < COMPILE_MIN_STEPS:
         return "off", f"{steps_to_run:,} steps to run, under {COMPILE_MIN_STEPS:,} (the compile would not pay back)"
