@@ -71,7 +71,7 @@ def test_paper_values_on_a_folder_and_departures_on_the_digits():
     assert m.D.encoder.fc.out_features == 64  # N_h = N_z = 64 (§4.1)
     digits = p.parse_args([])
     resolve_data_args(digits)
-    assert (digits.gamma, digits.lambda_k, digits.h_dim) == (1.0, 0.01, 16)
+    assert (digits.gamma, digits.lambda_k, digits.h_dim, digits.g_lr, digits.d_lr) == (1.25, 0.01, 16, 1e-4, 1e-4)
     assert make("--gamma", "0.3").args.gamma == 0.3  # a flag beats both
 
 
@@ -177,7 +177,7 @@ def test_smoke_subprocess(tmp_path, size):
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("loss_d", "loss_g", "k_t", "m_global", "loss_real", "loss_fake", "balance", "lr_g", "lr_d"):
         assert math.isfinite(rows[-1][key]), key
-    assert 0 <= rows[-1]["k_t"] <= 1 and rows[-1]["lr_g"] == 3e-4  # the digits' learning rate
+    assert 0 <= rows[-1]["k_t"] <= 1 and rows[-1]["lr_g"] == 1e-4  # the digits' learning rate
     h, w = image_size(size)
     assert Image.open(out / "samples" / "step_000002.png").size == (8 * (w + 2) + 2, 8 * (h + 2) + 2)
 
