@@ -49,7 +49,7 @@ from ganzoo.errors import UserError
 from ganzoo.evaluation import evaluate_real, fmt, scorer
 from ganzoo.images import grid
 from ganzoo.sample import generate_n
-from ganzoo.scale import pick_device
+from ganzoo.scale import cpu_features, pick_device
 
 MODELS = ("dcgan", "lsgan", "wgan", "wgan_gp", "dragan", "ebgan", "began")
 ROOT = Path(__file__).resolve().parent
@@ -198,7 +198,7 @@ def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
     results = summary(runs, args.models, keys)
     command = shlex.join(["python", "compare.py", *argv])
     device = judge.device
-    machine = (f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; device {device}"
+    machine = (f"{cpu_name()}, {os.cpu_count()} cores, {cpu_features()}; torch {torch.__version__}; device {device}"
                + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     date = datetime.date.today().isoformat()
     lines = [

@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from compare import MODELS, evaluation, job_env, run_step, speed  # noqa: E402
 from ganzoo.errors import UserError  # noqa: E402
-from ganzoo.scale import device_summary, pick_device  # noqa: E402
+from ganzoo.scale import cpu_features, pick_device  # noqa: E402
+from train_speed import SETTINGS as SPEED_SETTINGS  # noqa: E402
 
-SETTINGS = {"auto": [], "off": ["--amp", "off", "--channels-last", "off", "--compile", "off"]}
+SETTINGS = {"auto": SPEED_SETTINGS["auto"], "off": SPEED_SETTINGS["off"]}
 METRICS = ("classes", "kl", "confident", "fd", "kid")
 
 
@@ -89,8 +90,7 @@ def main(argv=None) -> int:
         except UserError as e:
             print(f"{m} {s} seed {k}: {e}", file=sys.stderr)
     threads = (job_env(0, a.jobs) or {}).get("OMP_NUM_THREADS", "all")
-    machine = device_summary(device).split(", ", 2)[-1]  # the features; the trainings' threads are said next
-    lines = [f"CPU {machine}; {a.jobs} training(s) at once, {threads} thread(s) each; seeds "
+    lines = [f"CPU {cpu_features()}; {a.jobs} training(s) at once, {threads} thread(s) each; seeds "
              f"{', '.join(map(str, a.seeds))}; {a.n} samples per evaluation",
              "", "| model | metric | auto | off | auto - off | seed-to-seed | within noise |",
              "|---|---|---:|---:|---:|---:|---|"]

@@ -74,7 +74,7 @@ def build(name, flags, size, batch, device):
     for k, v in args._small.items():  # the paper's values, as on a folder of images
         if getattr(args, k) is None:
             setattr(args, k, args._paper[k])
-    args._auto = resolve_speed(args, device, args.steps)  # as a folder run of the paper's length
+    resolve_speed(args, device, args.steps)  # as a folder run of the paper's length resolves them
     torch.manual_seed(0)
     model = prepare_model(model_class(name)(args, (3, size, size), device), args, for_training=True)
     data = Images(torch.randint(0, 256, (max(1024, 4 * args.batch_size), 3, size, size), dtype=torch.uint8))

@@ -162,19 +162,23 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
     return None
 
 
+def cpu_features(flags: set[str] | None = None) -> str:
+    """'features: ...', those of CPU_FEATURES (the ones that decide the speed rules) this CPU
+    has, for a line that says which machine a figure is from."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return "features not reported"
+    return f"features: {', '.join(f for f in CPU_FEATURES if f in flags) or 'none of ' + ', '.join(CPU_FEATURES)}"
+
+
 def device_summary(device: torch.device, flags: set[str] | None = None) -> str:
     """The machine in words, for a benchmark's first line: the GPU's name and compute
     capability, or the CPU's threads and the features that decide the speed rules."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
-    flags = cpu_flags() if flags is None else flags
     n = torch.get_num_threads()
-    cpu = f"CPU, {n} thread{'s' * (n > 1)}"
-    if flags is None:
-        return f"{cpu}, features not reported"
-    feats = [f for f in CPU_FEATURES if f in flags]
-    return f"{cpu}, features: {', '.join(feats) or 'none of ' + ', '.join(CPU_FEATURES)}"
+    return f"CPU, {n} thread{'s' * (n > 1)}, {cpu_features(flags)}"
 
 
 def resolve_amp(device: torch.device, flags: set[str] | None = None,
@@ -271,7 +275,7 @@ def prepare_model(model, args, for_training: bool):
             m.to(memory_format=torch.channels_last)
     if for_training and getattr(args, "amp", "off") == "fp16":
         model.scalers = {k: torch.amp.GradScaler(device.type) for k in model.optimizers()}
-    if for_training and getattr(args, "compile", "off") in ("on", True):
+    if for_training and getattr(args, "compile", "off") == "on":
         backend = os.environ.get("GAN_COMPILE_BACKEND", "inductor")  # tests use "eager" (no C++ compiler run)
         model.G.compile(backend=backend)
         if not model.double_backward:

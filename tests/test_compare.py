@@ -59,7 +59,7 @@ def test_tiny_comparison_resumes_writes_results_and_skips(tmp_path, capsys):
         assert json.loads((out / m / "seed1" / "eval.json").read_text())["row"]["step"] == 2  # the last checkpoint
     assert res["real"]["classes"] == 10 and res["classifier_accuracy"] >= 0.97
     md = (out / "results.md").read_text()
-    assert "`python compare.py --models dcgan lsgan" in md and "cores" in md and "| dcgan |" in md
+    assert "`python compare.py --models dcgan lsgan" in md and "cores" in md and "features" in md and "| dcgan |" in md
     assert "| real data | 10 |" in md
     # one row per model and one of real digits, 4 samples of 32x32 each (2px padding), a label strip
     assert Image.open(out / "gallery.png").size == (64 + 4 * 34 + 2, 3 * 36)
