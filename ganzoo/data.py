@@ -265,12 +265,13 @@ def load_cifar10(root: Path, split: str = "train") -> Images:
                   source=str(root))
 
 
-def scan_images(root: Path) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of the image files in root and below, sorted by path, with
-    symlinked files and folders followed: each real file once (the first path to it in
-    sorted order), each real folder once (a symlink loop ends where it comes back). One
-    stat a file (os.scandir), so that listing 200,000 files takes a second or two."""
-    seen_dirs, seen_files, out = set(), set(), []
+def scan_images(root: Path) -> tuple[list[str], np.ndarray]:
+    """The image files in root and below, sorted by path, and their (size, mtime_ns) as an
+    int64 array, with symlinked files and folders followed: each real file once (the first
+    path to it in sorted order), each real folder once (a symlink loop ends where it comes
+    back). The walk reads only the folders; the files are stat-ed in one pass afterwards
+    (stat_files), so that 200,000 files take about half a second (2 cores)."""
+    seen_dirs, images = set(), []
     todo = [str(root)]
     while todo:
         top = todo.pop()
@@ -279,30 +280,86 @@ def scan_images(root: Path) -> list[tuple[str, int, int]]:
             if (st.st_dev, st.st_ino) in seen_dirs:
                 continue
             seen_dirs.add((st.st_dev, st.st_ino))
-            entries = sorted(os.scandir(top), key=lambda e: e.name)
+            with os.scandir(top) as it:
+                entries = list(it)
         except OSError:
             continue
+        subdirs = []
         for e in entries:
             try:
-                if e.is_dir():  # follows a symlinked folder
-                    todo.append(e.path)
-                elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
-                    fst = e.stat()  # follows a symlinked file; a dangling link is skipped above
-                    key = (fst.st_dev, fst.st_ino)
-                    out.append((e.path, fst.st_size, fst.st_mtime_ns, key))
+                if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                    images.append(e.path)  # a dangling link is not a file: skipped here
+                elif e.is_dir():  # follows a symlinked folder
+                    subdirs.append(e.path)
             except OSError:
                 continue
-    out.sort()
-    files = []
-    for path, size, mtime, key in out:
-        if key not in seen_files:
-            seen_files.add(key)
-            files.append((path, size, mtime))
-    return files
+        todo.extend(sorted(subdirs, reverse=True))  # sorted order, depth first
+    images.sort()
+    stats = stat_files(images)  # (size, mtime_ns, dev, ino); -1 where a file went since
+    one_device = bool((stats[:, 2] == stats[0, 2]).all()) if len(stats) else True
+    ids = stats[:, 3] if one_device else stats[:, 2:]  # (device,) inode: the real file
+    _, first = np.unique(ids, axis=0, return_index=True)  # the first path to each real file
+    keep = np.sort(first[stats[first, 0] >= 0])
+    if len(keep) == len(images):  # no duplicate, none gone: the usual folder
+        return images, stats[:, :2]
+    return [images[i] for i in keep.tolist()], stats[keep, :2]
+
+
+def _stat_rows(paths) -> np.ndarray:
+    """(size, mtime_ns, dev, ino) of each path (symlinks followed); -1s where it is gone."""
+    out = np.full((len(paths), 4), -1, dtype=np.int64)
+    for i, p in enumerate(paths):
+        try:
+            s = os.stat(p)
+        except OSError:
+            continue
+        out[i] = s.st_size, s.st_mtime_ns, s.st_dev, s.st_ino
+    return out
+
+
+def stat_files(paths: list[str], parallel_from: int = 20_000) -> np.ndarray:
+    """_stat_rows for many files. A stat is a system call that Python issues one at a time
+    (threads only take turns on the GIL), so on Linux a big list is split over forked
+    children (one per CPU, at most 4) while this process stats the first share; each child
+    writes its rows to a pipe and exits. Measured on 2 cores, 200,000 files: 0.52 s in one
+    process, 0.30 s with one child (a multiprocessing Pool: 0.35 s)."""
+    procs = min(4, os.cpu_count() or 1)
+    if len(paths) < parallel_from or procs < 2 or not hasattr(os, "fork") or sys.platform != "linux":
+        return _stat_rows(paths)
+    step = -(-len(paths) // procs)
+    children = []
+    for k in range(1, procs):
+        chunk = paths[k * step:(k + 1) * step]
+        try:
+            rfd, wfd = os.pipe()
+            pid = os.fork()
+        except OSError:  # no process to be had: this one does the share
+            children.append((None, None, chunk))
+            continue
+        if pid == 0:  # the child: its share of rows, raw int64 bytes, then out (never back into the caller)
+            try:
+                os.close(rfd)
+                with os.fdopen(wfd, "wb") as f:
+                    f.write(_stat_rows(chunk).tobytes())
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        children.append((pid, rfd, chunk))
+    parts = [_stat_rows(paths[:step])]
+    for pid, rfd, chunk in children:
+        rows = None
+        if pid is not None:
+            with os.fdopen(rfd, "rb") as f:
+                raw = f.read()
+            os.waitpid(pid, 0)
+            if len(raw) == 32 * len(chunk):
+                rows = np.frombuffer(raw, dtype=np.int64).reshape(-1, 4)
+        parts.append(rows if rows is not None else _stat_rows(chunk))  # a child that failed: again here
+    return np.concatenate(parts)
 
 
 def list_images(root: Path) -> list[Path]:
-    return [Path(f) for f, _, _ in scan_images(root)]
+    return [Path(f) for f in scan_images(root)[0]]
 
 
 def cache_dir() -> Path:
@@ -426,11 +483,13 @@ class StreamedFolder:
         return collate_skip([self.ds[int(i)] for i in idx])[0]
 
 
-def cache_key(scanned, hw, channels, crop) -> str:
+def cache_key(files, stats, hw, channels, crop) -> str:
     """What decides a decoded folder's content: every file's path, size and modification
-    time (scan_images' rows), the size, the channels, the crop (and this decoder's version)."""
-    text = f"v1 {tuple(hw)} {channels} {crop}\n" + "".join(f"{p}\0{n}\0{t}\n" for p, n, t in scanned)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    time (scan_images' answer), the size, the channels, the crop (and this decoder's version)."""
+    h = hashlib.sha256(f"v2 {tuple(hw)} {channels} {crop}\n".encode())
+    h.update("\0".join(files).encode("utf-8", "surrogateescape"))
+    h.update(np.ascontiguousarray(stats, dtype="<i8").tobytes())
+    return h.hexdigest()[:24]
 
 
 def cached_folder(path: Path, n_files: int, shape):
@@ -457,8 +516,7 @@ def load_folder(root: Path, hw, channels, workers, budget, crop="aspect", cache=
         raise UserError(f"--path {root}: no such folder")
     if not root.is_dir():
         raise UserError(f"--path {root}: not a folder")
-    scanned = scan_images(root)
-    files = [f for f, _, _ in scanned]  # strings: 200,000 Path objects alone take a second
+    files, stats = scan_images(root)  # strings: 200,000 Path objects alone take a second
     if not files:
         raise UserError(f"--path {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
     nbytes = len(files) * channels * hw[0] * hw[1]
@@ -466,7 +524,7 @@ def load_folder(root: Path, hw, channels, workers, budget, crop="aspect", cache=
         print(f"data: {len(files)} images take {nbytes / 2**30:.1f} GiB decoded, over the memory budget "
               f"(--data-memory-gb); decoding each batch with {workers} workers", file=sys.stderr)
         return StreamedFolder(files, hw, channels, workers, root, crop)
-    where = cache_dir() / "data" / f"{cache_key(scanned, hw, channels, crop)}.npy" if cache else None
+    where = cache_dir() / "data" / f"{cache_key(files, stats, hw, channels, crop)}.npy" if cache else None
     why = "none yet"
     if where is not None:
         hit, why = cached_folder(where, len(files), (channels, *hw))

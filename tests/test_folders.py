@@ -68,6 +68,18 @@ def test_symlinked_files_and_folders_are_followed_once_and_loops_end(tmp_path):
     assert len(files) == 3 and len({os.path.realpath(f) for f in files}) == 3
 
 
+def test_the_forked_stat_pass_agrees_with_the_serial_one(tmp_path):
+    """A big folder's files are stat-ed in forked processes: the same rows as one process,
+    in the same order, a file gone since the listing marked -1."""
+    paths = [str(f) for f in sorted(pics(tmp_path / "imgs", n=7).iterdir())] + [str(tmp_path / "gone.png")]
+    serial = data_mod.stat_files(paths, parallel_from=10**9)
+    forked = data_mod.stat_files(paths, parallel_from=1)
+    assert np.array_equal(serial, forked) and serial.shape == (8, 4)
+    assert serial[-1].tolist() == [-1] * 4 and serial[0, 0] == os.path.getsize(paths[0])
+    files, stats = data_mod.scan_images(tmp_path / "imgs")
+    assert files == paths[:-1] and stats.tolist() == serial[:-1, :2].tolist()
+
+
 @pytest.mark.parametrize("crop,expect", [
     ("aspect", (40, 40)),   # the centre 40x40 of an 80x40 image
     ("20", (20, 20)),       # the centre 20x20 pixels
