@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 import common
+import kernels
 
 # ---- hyperparameters: the paper's (§3, §4.1) unless noted; carpedm20's where it is silent ---
 # The built-in digits (8x8 images scaled to 32x32) depart as the docstring says: with the
@@ -69,6 +70,8 @@ HYPERPARAMETERS = dict(
     lr_stall_window=Hyper(0, "also halve when the mean M_global over this many steps is not 1% below the "
                           "previous window's (the paper's rule); 0: off",
                           source="carpedm20's, whose code has the rule commented out", type=common.non_negative_int),
+    pt_weight=Hyper(0.0, "weight of EBGAN's pull-away term on D's codes of G's samples, added to L_G "
+                    "(not in the paper); 0: off", type=common.non_negative),
     beta1=Hyper(0.5, "Adam beta1", source="carpedm20's"),  # the paper does not give it
     beta2=Hyper(0.999, "Adam beta2", source="Adam's default"),
 )
@@ -147,8 +150,9 @@ class AutoEncoder(nn.Module):
         self.encoder = Encoder(h_dim, channels, hw, n)
         self.decoder = Decoder(h_dim, channels, hw, n)
 
-    def forward(self, x):
-        return self.decoder(self.encoder(x))
+    def forward(self, x, codes: bool = False):
+        h = self.encoder(x)                          # (B, N_h)
+        return (self.decoder(h), h) if codes else self.decoder(h)
 
 
 class BEGAN(common.GAN):
@@ -191,11 +195,15 @@ class BEGAN(common.GAN):
         # L(v) = |v − D(v)|^η with η = 1: the mean absolute reconstruction error   (§3.1; carpedm20)
         v = torch.cat([x, fake_d, fake_g])           # (3B, C, H, W)
         v = self.aug(v)  # --augment: each loss on the augmented images
-        l_real, l_fake_d, l_fake_g = (v - self.D(v).float()).abs().flatten(1).mean(1).view(3, B).mean(1)
+        recon, h = self.D(v, codes=True)             # (3B, C, H, W), (3B, N_h): D's codes too
+        l_real, l_fake_d, l_fake_g = (v - recon.float()).abs().flatten(1).mean(1).view(3, B).mean(1)
         # L_D = L(x) − k_t·L(G(z_D))   for θ_D;   L_G = L(G(z_G))   for θ_G   (§3.4),
         # one simultaneous step: D's gradient from L_D only, G's from L_G only.
         loss_d = l_real - self.k * l_fake_d
         loss_g = l_fake_g
+        if a.pt_weight:  # not in the paper: EBGAN's f_PT (Zhao et al. 2017, Eq. 14) on the codes of G(z_G)
+            pt = kernels.pullaway(h[2 * B:])
+            loss_g = loss_g + a.pt_weight * pt
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
         self.backward(loss_d, self.opt_d, inputs=list(self.D.parameters()), retain_graph=True)
