@@ -30,12 +30,15 @@ def renames(hypers: dict) -> dict:
 def upgrade_config(config: dict, hypers: dict) -> dict:
     """A checkpoint's config with old flag names under their new names, and the flags added
     since it was written at their defaults (a new flag's default is the old behaviour; one
-    with a small-data value is left to the data set's resolution) (in place)."""
+    with a small-data value is left to the data set's resolution, unless the flag names the
+    value older runs had, Hyper.old) (in place)."""
     for old, new in renames(hypers).items():
         if old in config and new not in config:
             config[new] = config.pop(old)
     for k, h in hypers.items():
-        if k not in config and h.small is None:
+        if k not in config and h.old is not None:  # what that run did, whatever its data set
+            config[k] = plain(h.old)
+        elif k not in config and h.small is None:
             config[k] = plain(h.default)
     if isinstance(config.get("compile"), bool):  # before --compile took auto|on|off
         config["compile"] = "on" if config["compile"] else "off"

@@ -146,6 +146,7 @@ class Hyper:
     choices: tuple | None = None
     metavar: str | None = None
     aliases: tuple = ()  # old spellings, e.g. ("--lambda-gp",): still accepted, and read from old checkpoints
+    old: Any = None  # where `small` changes what older runs did: the value a run written before the flag ran with
 
 
 # The model flags every script has: (help, type). A model declares their defaults.

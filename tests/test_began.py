@@ -72,6 +72,7 @@ def test_paper_values_on_a_folder_and_departures_on_the_digits():
     digits = p.parse_args([])
     resolve_data_args(digits)
     assert (digits.gamma, digits.lambda_k, digits.h_dim, digits.g_lr, digits.d_lr) == (1.25, 0.01, 16, 1e-4, 1e-4)
+    assert (folder.pt_weight, digits.pt_weight) == (0.0, 0.3)  # the pull-away term: a small-data departure
     assert make("--gamma", "0.3").args.gamma == 0.3  # a flag beats both
 
 
@@ -88,6 +89,21 @@ def test_d_loss_uses_k_and_separate_z():
     assert out["loss_d"].item() == pytest.approx(0.5 - 0.4 * 0.2)  # L(x) − k_t · L(G(z_D))
     assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])  # z_D and z_G: separate draws
     assert drawn[0].min() >= -1 and drawn[0].max() <= 1  # z ~ U[−1, 1]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_pull_away_term_in_g_loss_only(weight):
+    """--pt-weight w: L_G = L(G(z_G)) + w·f_PT(Enc(G(z_G))). G draws one image for every z, so
+    D's codes of G's samples are identical and f_PT = 1; L_D does not change."""
+    torch.manual_seed(0)
+    m = make("--pt-weight", str(weight))
+    zero_reconstruction(m)
+    constant_g(m, 0.2)
+    out = step(m, torch.full((4, 1, 16, 16), 0.5))
+    assert out["loss_fake"].item() == pytest.approx(0.2)
+    assert out["loss_g"].item() == pytest.approx(0.2 + weight, abs=1e-6)
+    assert out["loss_d"].item() == pytest.approx(0.5)
+    assert ("pt" in out) == bool(weight) and (not weight or out["pt"].item() == pytest.approx(1.0, abs=1e-6))
 
 
 def test_k_stays_in_0_1_under_extreme_losses():

@@ -65,7 +65,7 @@ OLD = Path(__file__).resolve().parent / "data" / "old_checkpoints"
 OLD_ARGS = ["--batch-size", "8", "--width", "4", "--z-dim", "8", "--image-size", "16", "--log-every", "1",
             "--sample-every", "2", "--checkpoint-every", "2", "--no-progress", "--seed", "3"]
 OLD_EXTRA = {"wgan": ["--n-critic", "2"], "wgan_gp": ["--n-critic", "2"], "dragan": ["--gp-lambda", "5"],
-             "began": ["--gamma", "1", "--g-lr", "3e-4", "--d-lr", "3e-4"]}  # its digits values of then
+             "began": ["--gamma", "1", "--g-lr", "3e-4", "--d-lr", "3e-4", "--pt-weight", "0"]}  # its digits values of then
 
 
 def _old_run(tmp_path, model):
@@ -130,4 +130,6 @@ def test_upgrade_config_renames_and_fills_in_what_is_new():
     # ... unless its default depends on the data set (a small-data value): resolve_data_args decides
     assert "steps" not in cfg and "width" not in cfg
     assert upgrade_config({"lambda_gp": 5.0, "gp_lambda": 7.0}, hypers)["gp_lambda"] == 7.0
+    import began  # ... unless the flag names what older runs did (Hyper.old): BEGAN's pull-away term, 0.3 on
+    assert upgrade_config({"dataset": "digits"}, began.HYPERPARAMETERS)["pt_weight"] == 0.0  # the digits now
     assert renames(hypers) == {"lambda_gp": "gp_lambda"}
