@@ -64,7 +64,8 @@ def test_checkpoint_of_another_image_size(tmp_path, capsys):
 OLD = Path(__file__).resolve().parent / "data" / "old_checkpoints"
 OLD_ARGS = ["--batch-size", "8", "--width", "4", "--z-dim", "8", "--image-size", "16", "--log-every", "1",
             "--sample-every", "2", "--checkpoint-every", "2", "--no-progress", "--seed", "3"]
-OLD_EXTRA = {"wgan": ["--n-critic", "2"], "wgan_gp": ["--n-critic", "2"], "dragan": ["--gp-lambda", "5"],
+OLD_EXTRA = {"wgan": ["--n-critic", "2"], "wgan_gp": ["--n-critic", "2"],
+             "dragan": ["--gp-lambda", "5", "--g-lr", "1e-4", "--d-lr", "1e-4"],
              "began": ["--gamma", "1", "--g-lr", "3e-4", "--d-lr", "3e-4", "--pt-weight", "0"]}  # its digits values of then
 
 

@@ -122,6 +122,12 @@ def test_defaults_are_the_authors():
     args = dragan.build_parser().parse_args([])
     assert (args.gp_lambda, args.perturb, args.beta1, args.beta2) == (10.0, "authors", 0.5, 0.9)
     assert args.batch_size == 128 and dragan.HYPERPARAMETERS["g_lr"].default == dragan.HYPERPARAMETERS["d_lr"].default == 1e-4
+    from ganzoo.data import resolve_data_args
+    folder, digits = dragan.build_parser().parse_args(["--path", "x"]), dragan.build_parser().parse_args([])
+    resolve_data_args(folder)
+    resolve_data_args(digits)
+    assert (folder.g_lr, folder.d_lr) == (1e-4, 1e-4)  # the authors' rate on a folder
+    assert (digits.g_lr, digits.d_lr) == (4e-4, 4e-4)  # the small-data departure (docstring)
     assert model().sample_z(1000).abs().max() <= 1  # z ~ U[-1, 1]
 
 
@@ -146,7 +152,7 @@ def test_smoke_subprocess(tmp_path):
     assert [r["step"] for r in rows] == [2, 4]
     for key in ("loss_d", "loss_g", "gp", "grad_norm", "d_real", "d_fake"):
         assert np.isfinite(rows[-1][key])
-    assert rows[0]["lr_d"] == 1e-4
+    assert rows[0]["lr_d"] == 4e-4  # the digits: the small-data rate
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "dragan" and cfg["gp_lambda"] == 10.0 and cfg["perturb"] == "authors"
     assert (out / "samples" / "step_000004.png").exists()
