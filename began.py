@@ -42,7 +42,8 @@ Departures from the paper (and choices where it is silent), each named where the
   penalises a batch whose codes point the same way. On the small data sets λ_PT = 0.3: with
   the values above alone, BEGAN drew too many 3s, 5s, 8s and 9s (KL 0.30–0.39 on seeds 0-2);
   with the term the ten classes come out nearer their shares (KL 0.09–0.16). Runs written
-  before the flag existed resume without it.
+  before the flag existed resume without it. Under torchrun f_PT is taken over each rank's
+  own batch, as in ebgan.py.
 - A warning line goes to stderr when k_t sits at 0 or 1 for 1,000 steps in a row (once per
   such episode): D and G are out of balance.
 """
@@ -209,7 +210,8 @@ class BEGAN(common.GAN):
         loss_g = l_fake_g
         pt = None
         if a.pt_weight:  # not in the paper: + λ_PT·f_PT(S), EBGAN's pull-away term (Zhao et al. 2017,
-            pt = kernels.pullaway(h[2 * B:])  # Eq. 14) on S = D's codes of G(z_G), in G's loss only
+            pt = kernels.pullaway(h[2 * B:])  # Eq. 14) on S = D's codes of G(z_G), in G's loss only;
+            # under torchrun over this rank's B codes (N = B), as ebgan.py's: K ranks of B differ from one of K·B
             loss_g = loss_g + a.pt_weight * pt
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)

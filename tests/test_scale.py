@@ -204,7 +204,8 @@ def test_two_ranks_of_b_make_the_first_update_of_one_rank_of_2b(tmp_path):
     batch K·B (gradients averaged; the same data, z and k_t)."""
     common_args = ["--steps", "2", "--width", "4", "--image-size", "16", "--log-every", "1",
                    "--checkpoint-every", "1", "--no-progress", "--device", "cpu", "--lambda-k", "0.5",
-                   "--amp", "off"]  # fp32: bf16 (auto's choice on some CPUs) rounds batch 8 and 2 x 4 differently
+                   "--amp", "off",  # fp32: bf16 (auto's choice on some CPUs) rounds batch 8 and 2 x 4 differently
+                   "--pt-weight", "0"]  # the pull-away term is over each rank's own codes (began.py), as EBGAN's
     one, two = tmp_path / "one", tmp_path / "two"
     r = _torchrun("began.py", 1, *common_args, "--batch-size", "8", "--out", one)
     assert r.returncode == 0, r.stderr
