@@ -78,7 +78,8 @@ HYPERPARAMETERS = dict(
                           "previous window's (the paper's rule); 0: off",
                           source="carpedm20's, whose code has the rule commented out", type=common.non_negative_int),
     pt_weight=Hyper(0.0, "weight of EBGAN's pull-away term on D's codes of G's samples, added to L_G "
-                    "(not in the paper); 0: off", small=0.3, old=0.0, type=common.non_negative),  # not in the paper
+                    "(not in the paper); 0: off", small=0.3, old=0.0, type=common.non_negative,
+                    source="off, as in the paper"),  # not in the paper
     beta1=Hyper(0.5, "Adam beta1", source="carpedm20's"),  # the paper does not give it
     beta2=Hyper(0.999, "Adam beta2", source="Adam's default"),
 )
