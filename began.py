@@ -41,7 +41,8 @@ Departures from the paper (and choices where it is silent), each named where the
   pull-away term (Zhao et al. 2017, Eq. 14) on S, D's bottleneck codes of G's samples: it
   penalises a batch whose codes point the same way. On the small data sets λ_PT = 0.3: with
   the values above alone, BEGAN drew too many 3s, 5s, 8s and 9s (KL 0.30–0.39 on seeds 0-2);
-  with the term the ten classes come out nearer their shares (KL 0.09–0.16). Runs written
+  with the term the ten classes come out nearer their shares (KL 0.09–0.16). On Stacked
+  MNIST it costs modes (README: pass --pt-weight 0 there). Runs written
   before the flag existed resume without it. Under torchrun f_PT is taken over each rank's
   own batch, as in ebgan.py.
 - A warning line goes to stderr when k_t sits at 0 or 1 for 1,000 steps in a row (once per
