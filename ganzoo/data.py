@@ -330,10 +330,14 @@ def stat_files(paths: list[str], parallel_from: int = 20_000) -> np.ndarray:
     children = []
     for k in range(1, procs):
         chunk = paths[k * step:(k + 1) * step]
+        rfd = wfd = None
         try:
             rfd, wfd = os.pipe()
             pid = os.fork()
-        except OSError:  # no process to be had: this one does the share
+        except OSError:  # no pipe or no process to be had: this one does the share
+            for fd in (rfd, wfd):
+                if fd is not None:
+                    os.close(fd)
             children.append((None, None, chunk))
             continue
         if pid == 0:  # the child: its share of rows, raw int64 bytes, then out (never back into the caller)

@@ -80,6 +80,19 @@ def test_the_forked_stat_pass_agrees_with_the_serial_one(tmp_path):
     assert files == paths[:-1] and stats.tolist() == serial[:-1, :2].tolist()
 
 
+def test_the_stat_pass_without_a_process_to_fork_stats_here_and_leaks_no_pipe(tmp_path, monkeypatch):
+    paths = [str(f) for f in sorted(pics(tmp_path / "imgs", n=5).iterdir())]
+    serial = data_mod.stat_files(paths, parallel_from=10**9)
+    open_fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+
+    def no_fork():
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert np.array_equal(data_mod.stat_files(paths, parallel_from=1), serial)
+    if open_fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == open_fds
+
+
 @pytest.mark.parametrize("crop,expect", [
     ("aspect", (40, 40)),   # the centre 40x40 of an 80x40 image
     ("20", (20, 20)),       # the centre 20x20 pixels
