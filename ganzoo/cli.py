@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .data import DATASETS
@@ -136,11 +136,13 @@ def ema_beta(text):
 @dataclass(frozen=True)
 class Hyper:
     """One hyperparameter of a model, declared once in its model file: its paper default,
-    its value on the small data sets, the digits and the 28x28 MNIST family (`small`, None: the same), where the default comes
-    from when it is not the paper, its one-line help, and old spellings of its flag."""
+    its value on the small data sets, the digits and the 28x28 MNIST family (`small`, None: the same), the
+    data sets where that value is not the right one (`sets`, e.g. {"stacked-mnist": 0.0}), where the default
+    comes from when it is not the paper, its one-line help, and old spellings of its flag."""
     default: Any
     help: str = ""  # the shared flags (batch_size, steps, ...) have theirs in SHARED
     small: Any = None
+    sets: dict = field(default_factory=dict)  # {data set: its value}, over `small` (or the default)
     source: str = "the paper's"
     type: Callable | None = None  # None: the type of the default (or SHARED's)
     choices: tuple | None = None
@@ -166,19 +168,27 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def data_set_values(h: Hyper) -> str:
+    """'0.3 on the small data sets, 0 on stacked-mnist' ('' when the flag has one default)."""
+    parts = ([f"{h.small} on the small data sets"] if h.small is not None else []) + \
+        [f"{v} on {name}" for name, v in h.sets.items()]
+    return ", ".join(parts)
+
+
 def hyper_help(h: Hyper, text: str) -> str:
-    """The help line: the text, then the default, its source and the small-data value."""
+    """The help line: the text, then the default, its source and the data sets' values."""
     text = text.replace("%", "%%")  # argparse %-formats help strings
+    values = data_set_values(h)
     if h.default is None:  # a derived default: the text says what it is
-        return text + (f" ({h.small} on the small data sets)" if h.small is not None else "")
-    small = f"; {h.small} on the small data sets" if h.small is not None else ""
+        return text + (f" ({values})" if values else "")
+    small = f"; {values}" if values else ""
     default = ",".join(f"{v:g}" for v in h.default) if isinstance(h.default, tuple) else h.default
     return f"{text} (default {default}, {h.source}{small})"
 
 
 def add_hyper(group, name: str, h: Hyper, help_text: str, type_=None) -> None:
     kw = dict(dest=name, type=h.type or type_ or type(h.default), help=hyper_help(h, help_text),
-              default=None if h.small is not None else h.default)
+              default=None if h.small is not None or h.sets else h.default)
     if h.choices:
         kw["choices"] = h.choices
     if h.metavar:
@@ -189,11 +199,12 @@ def add_hyper(group, name: str, h: Hyper, help_text: str, type_=None) -> None:
 def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
     """The parser of a model script: the shared flags, with the model's defaults for the
     SHARED ones, and the model's own flags in a group named `title`. A Hyper with a `small`
-    value gets default None here; resolve_data_args() fills it in from the data set."""
-    small = {k: h.small for k, h in hypers.items() if h.small is not None}
+    or a `sets` value gets default None here; resolve_data_args() fills it in from the data set."""
+    small = {k: h.default if h.small is None else h.small for k, h in hypers.items() if h.small is not None or h.sets}
     p = Parser(description=doc.strip().split("\n\n")[0], formatter_class=HelpFormatter,
                epilog="Every default is the paper's unless its help says otherwise.")
-    p.set_defaults(_small=small, _paper={k: hypers[k].default for k in small})
+    p.set_defaults(_small=small, _paper={k: hypers[k].default for k in small},
+                   _sets={k: dict(hypers[k].sets) for k in small if hypers[k].sets})
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=None,
@@ -253,7 +264,7 @@ def _run_flags(p) -> None:
     g.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     g.add_argument("--eval-every", type=int, default=0,
-                   help="steps between quality metrics (evaluate.py) in metrics.jsonl; 0: off; digits data sets only")
+                   help="steps between quality metrics (evaluate.py) in metrics.jsonl; 0: off; the labelled data sets only (not a folder)")
     g = p.add_argument_group("speed and scale (none changes a model's equations)")
     g.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="mixed precision: autocast the forward passes (fp16 with a gradient scaler); gradient "

@@ -64,7 +64,8 @@ def resolve_data_args(args) -> None:
     small = args.dataset in SMALL
     for k, v in getattr(args, "_small", {}).items():
         if getattr(args, k, None) is None:
-            setattr(args, k, v if small else args._paper[k])
+            sets = getattr(args, "_sets", {}).get(k, {})  # a value of this data set's own, over `small`
+            setattr(args, k, sets[args.dataset] if args.dataset in sets else v if small else args._paper[k])
 
 
 def resize_uint8(x: torch.Tensor, hw, chunk=None) -> torch.Tensor:

@@ -73,6 +73,9 @@ def test_paper_values_on_a_folder_and_departures_on_the_digits():
     resolve_data_args(digits)
     assert (digits.gamma, digits.lambda_k, digits.h_dim, digits.g_lr, digits.d_lr) == (1.25, 0.01, 16, 1e-4, 1e-4)
     assert (folder.pt_weight, digits.pt_weight) == (0.0, 0.3)  # the pull-away term: a small-data departure
+    stacked = p.parse_args(["--dataset", "stacked-mnist"])
+    resolve_data_args(stacked)
+    assert (stacked.pt_weight, stacked.gamma, stacked.h_dim) == (0.0, 1.25, 16)  # it costs modes there
     assert make("--gamma", "0.3").args.gamma == 0.3  # a flag beats both
 
 

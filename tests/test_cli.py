@@ -6,7 +6,8 @@ import pytest
 
 import evaluate
 from ganzoo.checkpoint import upgrade_config
-from ganzoo.cli import SHARED, explicit_flags, image_size
+from ganzoo.cli import SHARED, Hyper, explicit_flags, image_size
+from ganzoo.data import DATASETS
 from conftest import MODELS, run_main
 
 
@@ -40,6 +41,8 @@ def test_each_hyperparameter_is_declared_once_and_its_help_says_it_all(model):
             assert "default " in text and h.source in text, text
         if h.small is not None:
             assert f"{h.small} on the small data sets" in text, text
+        for name_of_set, v in h.sets.items():
+            assert name_of_set in DATASETS and f"{v} on {name_of_set}" in text, text
 
 
 def test_small_values_on_the_built_in_data_and_paper_values_elsewhere(tmp_path):
@@ -57,6 +60,30 @@ def test_small_values_on_the_built_in_data_and_paper_values_elsewhere(tmp_path):
     typed = p.parse_args(["--gamma", "0.7", "--path", str(tmp_path)])
     resolve_data_args(typed)
     assert typed.gamma == 0.7  # a value the user gave is never replaced
+
+
+def test_a_data_set_of_its_own_beats_the_small_value(tmp_path):
+    """Hyper.sets: a value for named data sets, over `small` there; the other small data sets
+    keep `small`, a folder the paper's default, and a value the user typed beats them all."""
+    from ganzoo.cli import make_parser
+    from ganzoo.data import resolve_data_args
+    hypers = dict(batch_size=Hyper(64), steps=Hyper(10), z_dim=Hyper(8), width=Hyper(8), g_lr=Hyper(1e-3),
+                  d_lr=Hyper(1e-3), optimizer=Hyper("adam"),
+                  w=Hyper(0.0, "a weight", small=0.3, sets={"stacked-mnist": 0.0}),
+                  v=Hyper(1.0, "a value", sets={"fashion-mnist": 2.0}))
+    p = make_parser("a test model", hypers, "test")
+
+    def resolved(*argv):
+        a = p.parse_args(list(argv))
+        resolve_data_args(a)
+        return a.w, a.v
+    assert resolved() == (0.3, 1.0)  # digits: small
+    assert resolved("--dataset", "stacked-mnist") == (0.0, 1.0)
+    assert resolved("--dataset", "fashion-mnist") == (0.3, 2.0)
+    assert resolved("--path", str(tmp_path)) == (0.0, 1.0)  # a folder: the paper's
+    assert resolved("--dataset", "stacked-mnist", "--w", "0.5", "--v", "3") == (0.5, 3.0)
+    text = p.format_help().replace("\n", " ")
+    assert "0.3 on the small data sets, 0.0 on stacked-mnist" in " ".join(text.split())
 
 
 def test_the_old_spelling_of_a_renamed_flag_still_works(capsys):
