@@ -76,6 +76,9 @@ def test_paper_values_on_a_folder_and_departures_on_the_digits():
     stacked = p.parse_args(["--dataset", "stacked-mnist"])
     resolve_data_args(stacked)
     assert (stacked.pt_weight, stacked.gamma, stacked.h_dim) == (0.0, 1.25, 16)  # it costs modes there
+    fashion = p.parse_args(["--dataset", "fashion-mnist"])
+    resolve_data_args(fashion)
+    assert (fashion.gamma, fashion.pt_weight, fashion.h_dim) == (0.75, 0.3, 16)  # garments: a lower γ
     assert make("--gamma", "0.3").args.gamma == 0.3  # a flag beats both
 
 
