@@ -1,6 +1,7 @@
 """The memorisation check: is a generator copying its training images? Each sample's
 distance to its nearest training image, against the same distance for real images the
-training set does not hold (a random held-out share of it). A sample much closer to the
+searched training images do not hold (the images past --limit for a run that had one, else a
+random held-out share of the training images). A sample much closer to the
 training set than held-out real images are is a copy. Distances are in the judge's features
 where the data set has a judge, else in down-sampled pixels (16x16, so that a folder works)."""
 from __future__ import annotations
@@ -46,22 +47,29 @@ def check(model, cfg: dict, device, out_path, n: int = 500, seed: int = 0) -> di
     the report of n samples against HELD_OUT held-out real images."""
     data = load_run_data(cfg)
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(data), generator=g)
-    held = min(HELD_OUT, len(data) // 5)
-    held_idx, train_idx = order[:held], order[held:held + MAX_TRAIN]
+    whole = load_run_data({**cfg, "limit": None}) if cfg.get("limit") else data
+    if len(whole) > len(data):  # a --limit run: every image it trained on is searched, and the
+        # held-out ones are images of the same set that it never saw (the ones past the limit)
+        rest = len(data) + torch.randperm(len(whole) - len(data), generator=g)
+        held_idx, held_from = rest[:HELD_OUT], whole
+        train_idx = torch.randperm(len(data), generator=g)[:MAX_TRAIN]
+    else:  # a random share of the training images is held out of the search
+        order = torch.randperm(len(data), generator=g)
+        held = min(HELD_OUT, len(data) // 5)
+        held_idx, train_idx, held_from = order[:held], order[held:held + MAX_TRAIN], data
 
-    def images(idx):
-        return data.batch(idx).float() / 127.5 - 1
+    def images(idx, source=data):
+        return source.batch(idx).float() / 127.5 - 1
     feats, what = features_fn(cfg, device)
     train_x = torch.cat([images(b) for b in train_idx.split(2000)])
     train_f = torch.cat([feats(b) for b in train_x.split(2000)])
     fake = generate_n(model, n, seed)
-    fake_f, held_f = feats(fake), feats(images(held_idx))
+    fake_f, held_f = feats(fake), feats(images(held_idx, held_from))
     fake_d, fake_i = nearest(fake_f, train_f, k=5)
     held_d, _ = nearest(held_f, train_f, k=1)
     rows = []
     for j in range(min(16, n)):  # one sample, then its 5 nearest training images
         rows += [fake[j]] + [train_x[int(t)] for t in fake_i[j]]
     save_png(grid(torch.stack(rows), nrow=6), out_path)
-    return {"features": what, "n": n, "held_out": held, "train_searched": len(train_idx),
+    return {"features": what, "n": n, "held_out": len(held_idx), "train_searched": len(train_idx),
             **report(fake_d[:, 0], held_d[:, 0])}

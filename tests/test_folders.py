@@ -157,6 +157,31 @@ def test_nearest_finds_planted_copies_of_training_images(tmp_path, monkeypatch, 
     assert "samples nearer than the nearest 1% of held-out images" in capsys.readouterr().out
 
 
+def test_nearest_holds_out_the_images_past_the_limit(tmp_path, monkeypatch):
+    """A --limit run: all its training images are searched (copies of any are at distance 0),
+    and the held-out images are the folder's others, which the run never saw."""
+    import json
+    import evaluate
+    from ganzoo import nearest
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(50):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i:02d}.png")
+    assert run_main("dcgan", ["--path", root, "--limit", "20", "--steps", "2", "--batch-size", "4", "--width", "4",
+                              "--image-size", "16", "--no-progress", "--out", tmp_path / "r"]) == 0
+    whole = load_folder(root, (16, 16), 3, 0, 2**30).x.float() / 127.5 - 1
+    monkeypatch.setattr(nearest, "generate_n", lambda model, n, seed=0: whole[torch.arange(n) % 20])
+    assert evaluate.main(["--nearest", str(tmp_path / "r"), "--n", "40", "--json", str(tmp_path / "n.json")]) == 0
+    r = json.loads((tmp_path / "n.json").read_text())
+    assert (r["train_searched"], r["held_out"]) == (20, 30)
+    assert r["samples_median"] == 0 and r["closer_than_held_out_p1"] == 1.0 and r["held_out_p1"] > 1
+    monkeypatch.setattr(nearest, "generate_n", lambda model, n, seed=0: whole[20 + torch.arange(n) % 30])
+    assert evaluate.main(["--nearest", str(tmp_path / "r"), "--n", "40", "--json", str(tmp_path / "n.json")]) == 0
+    r = json.loads((tmp_path / "n.json").read_text())  # images it never saw: as far as the held-out ones
+    assert r["samples_p5"] > 1 and r["closer_than_held_out_p1"] < 0.1
+
+
 def test_nearest_report_of_a_generator_that_copies_nothing():
     from ganzoo import nearest
     g = torch.Generator().manual_seed(0)
