@@ -45,26 +45,25 @@ def features_fn(cfg: dict, device):
 def check(model, cfg: dict, device, out_path, n: int = 500, seed: int = 0) -> dict:
     """Writes out_path (16 rows: a sample, then its 5 nearest training images) and returns
     the report of n samples against HELD_OUT held-out real images."""
-    data = load_run_data(cfg)
+    data = load_run_data({**cfg, "limit": None})  # the whole set: a --limit run trained on its first N
     g = torch.Generator().manual_seed(seed)
-    whole = load_run_data({**cfg, "limit": None}) if cfg.get("limit") else data
-    if len(whole) > len(data):  # a --limit run: every image it trained on is searched, and the
+    trained = min(cfg.get("limit") or len(data), len(data))
+    if trained < len(data):  # a --limit run: every image it trained on is searched, and the
         # held-out ones are images of the same set that it never saw (the ones past the limit)
-        rest = len(data) + torch.randperm(len(whole) - len(data), generator=g)
-        held_idx, held_from = rest[:HELD_OUT], whole
-        train_idx = torch.randperm(len(data), generator=g)[:MAX_TRAIN]
+        held_idx = trained + torch.randperm(len(data) - trained, generator=g)[:HELD_OUT]
+        train_idx = torch.randperm(trained, generator=g)[:MAX_TRAIN]
     else:  # a random share of the training images is held out of the search
         order = torch.randperm(len(data), generator=g)
         held = min(HELD_OUT, len(data) // 5)
-        held_idx, train_idx, held_from = order[:held], order[held:held + MAX_TRAIN], data
+        held_idx, train_idx = order[:held], order[held:held + MAX_TRAIN]
 
-    def images(idx, source=data):
-        return source.batch(idx).float() / 127.5 - 1
+    def images(idx):
+        return data.batch(idx).float() / 127.5 - 1
     feats, what = features_fn(cfg, device)
     train_x = torch.cat([images(b) for b in train_idx.split(2000)])
     train_f = torch.cat([feats(b) for b in train_x.split(2000)])
     fake = generate_n(model, n, seed)
-    fake_f, held_f = feats(fake), feats(images(held_idx, held_from))
+    fake_f, held_f = feats(fake), feats(images(held_idx))
     fake_d, fake_i = nearest(fake_f, train_f, k=5)
     held_d, _ = nearest(held_f, train_f, k=1)
     rows = []
