@@ -38,7 +38,7 @@ def upgrade_config(config: dict, hypers: dict) -> dict:
     for k, h in hypers.items():
         if k not in config and h.old is not None:  # what that run did, whatever its data set
             config[k] = plain(h.old)
-        elif k not in config and h.small is None and not h.sets:
+        elif k not in config and not h.by_data_set:
             config[k] = plain(h.default)
     if isinstance(config.get("compile"), bool):  # before --compile took auto|on|off
         config["compile"] = "on" if config["compile"] else "off"

@@ -150,6 +150,11 @@ class Hyper:
     aliases: tuple = ()  # old spellings, e.g. ("--lambda-gp",): still accepted, and read from old checkpoints
     old: Any = None  # where `small` changes what older runs did: the value a run written before the flag ran with
 
+    @property
+    def by_data_set(self) -> bool:
+        """Whether the value depends on the data set (resolve_data_args() fills it in)."""
+        return self.small is not None or bool(self.sets)
+
 
 # The model flags every script has: (help, type). A model declares their defaults.
 SHARED = {
@@ -188,7 +193,7 @@ def hyper_help(h: Hyper, text: str) -> str:
 
 def add_hyper(group, name: str, h: Hyper, help_text: str, type_=None) -> None:
     kw = dict(dest=name, type=h.type or type_ or type(h.default), help=hyper_help(h, help_text),
-              default=None if h.small is not None or h.sets else h.default)
+              default=None if h.by_data_set else h.default)
     if h.choices:
         kw["choices"] = h.choices
     if h.metavar:
@@ -200,7 +205,7 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
     """The parser of a model script: the shared flags, with the model's defaults for the
     SHARED ones, and the model's own flags in a group named `title`. A Hyper with a `small`
     or a `sets` value gets default None here; resolve_data_args() fills it in from the data set."""
-    small = {k: h.default if h.small is None else h.small for k, h in hypers.items() if h.small is not None or h.sets}
+    small = {k: h.default if h.small is None else h.small for k, h in hypers.items() if h.by_data_set}
     p = Parser(description=doc.strip().split("\n\n")[0], formatter_class=HelpFormatter,
                epilog="Every default is the paper's unless its help says otherwise.")
     p.set_defaults(_small=small, _paper={k: hypers[k].default for k in small},
