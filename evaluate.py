@@ -10,7 +10,8 @@ Works for checkpoints of any of the seven scripts trained on a labelled data set
 mnist, mnist-5k, fashion-mnist, cifar10 and the stacked sets (the checkpoint names its
 script; its config rebuilds the networks and names the data). A folder of images has no
 labels, so no judge and no metric. Samples come from z drawn by a fixed generator (--seed),
-in eval mode, as sample grids are.
+in eval mode, as sample grids are, from G_ema where the run kept one (--ema), else G;
+--no-ema samples G itself.
 
 Columns: classes (of 10) or modes (stacked sets, of 1,000) covered, and confident_modes,
 the modes covered by confidently classified samples only; kl: KL(generated || real class
@@ -52,24 +53,29 @@ def model_class(name: str):
     raise UserError(f"{name}.py defines no common.GAN subclass named {name!r}")
 
 
-def load_model(path, device) -> tuple:
+def load_model(path, device, ema: bool = True) -> tuple:
     """A checkpoint (or run directory) of any script -> its model, networks restored, and
-    the checkpoint."""
+    the checkpoint. ema=False drops a --ema run's moving average, so that G itself is sampled."""
     ckpt, p = load_checkpoint(path)
-    return model_from_checkpoint(model_class(ckpt["model"]), ckpt, p, device), ckpt
+    model = model_from_checkpoint(model_class(ckpt["model"]), ckpt, p, device)
+    if not ema:
+        model.G_ema = None
+    return model, ckpt
 
 
-def evaluate_checkpoint(path, device=torch.device("cpu"), n: int | None = None, seed: int = 0) -> dict:
-    """One row: where, model, step, data, then the metrics of n samples (default: the data
-    set's, 2,000 for digits and 26,000 for stacked-digits)."""
-    model, ckpt = load_model(path, device)
+def evaluate_checkpoint(path, device=torch.device("cpu"), n: int | None = None, seed: int = 0,
+                        ema: bool = True) -> dict:
+    """One row: where, model, step, which generator (G_ema where the run kept one, unless
+    ema=False), data, then the metrics of n samples (default: the data set's, 2,000 for digits
+    and 26,000 for stacked-digits)."""
+    model, ckpt = load_model(path, device, ema)
     return evaluate_model(model, ckpt, str(checkpoint_path(path)), device, n, seed)
 
 
 def nearest_check(parser, args) -> int:
     try:
         device = pick_device(args.device)
-        model, ckpt = load_model(args.nearest, device)
+        model, ckpt = load_model(args.nearest, device, not args.no_ema)
         out = checkpoint_path(args.nearest).parent / "nearest.png"
         r = nearest.check(model, ckpt["config"], device, out, n=args.n or 500, seed=args.seed)
     except UserError as e:
@@ -102,6 +108,9 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the z the samples are drawn from")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--no-ema", action="store_true",
+                   help="sample G itself, not the moving average of a --ema run (the same checkpoint scored both "
+                        "ways shows what the average gives); the generator column says which was sampled")
     p.add_argument("--nearest", metavar="RUN", default=None,
                    help="the memorisation check of one run: RUN/nearest.png (16 samples, each beside its 5 nearest "
                         "training images) and the nearest-distance distribution of samples against held-out real "
@@ -120,7 +129,8 @@ def main(argv=None) -> int:
         if not args.paths and not args.real:
             raise UserError("name at least one run directory or checkpoint, or --real")
         device = pick_device(args.device)
-        rows = [evaluate_checkpoint(p, device, args.n, args.seed) for p in find_checkpoints(args.paths)]
+        rows = [evaluate_checkpoint(p, device, args.n, args.seed, not args.no_ema)
+                for p in find_checkpoints(args.paths)]
         if args.real:
             dataset = args.dataset or (rows[0]["dataset"] if rows else "digits")
             hw = args.image_size or (image_size(rows[0]["image_size"]) if rows else default_image_size(dataset))
@@ -132,7 +142,7 @@ def main(argv=None) -> int:
         s = scorer(r["dataset"], image_size(r["image_size"]), device, r.pop("path", None))
         r["classifier_accuracy"], r["judge"] = s.accuracy, s.source
     judges = sorted({(r["dataset"], r["image_size"], r["judge"], r["classifier_accuracy"]) for r in rows})
-    table = markdown(rows, ("model", "step", "dataset", "image_size", "n") + METRICS + ("checkpoint",))
+    table = markdown(rows, ("model", "step", "generator", "dataset", "image_size", "n") + METRICS + ("checkpoint",))
     table += "".join(f"\njudge for {d} at {s}: a {j} classifier, held-out accuracy {a:.1%}\n"
                      for d, s, j, a in judges)
     print(table, end="")

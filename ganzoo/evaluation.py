@@ -38,6 +38,7 @@ def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, 
     s = scorer(cfg["dataset"], tuple(cfg["image_size"]), device, cfg.get("path"))
     n = n or s.n
     return {"checkpoint": where, "model": ckpt["model"], "step": ckpt["step"],
+            "generator": "G_ema" if model.G_ema is not None else "G",
             "dataset": cfg["dataset"], "image_size": size_str(cfg["image_size"]), "n": n, "path": cfg.get("path"),
             **s(generate_n(model, n, seed))}
 

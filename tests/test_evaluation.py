@@ -53,7 +53,24 @@ def test_evaluate_cli(tmp_path, judge):
     assert rows[1]["classes"] == 10 and rows[0]["fd"] > rows[1]["fd"]
     assert rows[0]["classifier_accuracy"] >= 0.97
     md = (tmp_path / "t.md").read_text()
-    assert md.startswith("| model | step | dataset |") and "held-out accuracy" in md and md in r.stdout
+    assert md.startswith("| model | step | generator | dataset |") and "held-out accuracy" in md and md in r.stdout
+
+
+def test_no_ema_scores_g_itself(tmp_path, judge):
+    """A --ema run is scored from G_ema by default and from G with --no-ema; the rows say
+    which, and the two differ (the average is another network)."""
+    assert run_main("dcgan", TINY + ["--image-size", "32", "--ema", "0.9", "--out", tmp_path / "r"]) == 0
+    assert run_main("dcgan", TINY + ["--image-size", "32", "--out", tmp_path / "plain"]) == 0
+    ema = evaluate.evaluate_checkpoint(tmp_path / "r", n=300)
+    raw = evaluate.evaluate_checkpoint(tmp_path / "r", n=300, ema=False)
+    assert (ema["generator"], raw["generator"]) == ("G_ema", "G")
+    assert ema["fd"] != raw["fd"]
+    # G of the --ema run is the G of the same run without it (the average only shadows it)
+    plain = evaluate.evaluate_checkpoint(tmp_path / "plain", n=300)
+    assert plain["generator"] == "G" and plain["fd"] == raw["fd"]
+    r = run_script("evaluate.py", tmp_path / "r", "--no-ema", "--n", "300", "--json", tmp_path / "t.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "t.json").read_text())[0]["fd"] == raw["fd"] and "| G |" in r.stdout
 
 
 def test_evaluate_bad_input(tmp_path, capsys, judge):
