@@ -56,7 +56,7 @@ def test_small_values_on_the_built_in_data_and_paper_values_elsewhere(tmp_path):
     for name, h in began.HYPERPARAMETERS.items():
         if h.small is not None:
             assert getattr(digits, name) == h.small and getattr(folder, name) == h.default, name
-    assert (digits.gamma, folder.gamma, folder.width, folder.dataset) == (1.25, 0.5, 128, "folder")
+    assert (digits.gamma, folder.gamma, folder.width, folder.dataset) == (1.5, 0.5, 128, "folder")
     typed = p.parse_args(["--gamma", "0.7", "--path", str(tmp_path)])
     resolve_data_args(typed)
     assert typed.gamma == 0.7  # a value the user gave is never replaced
