@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+import torch
+
+from conftest import ROOT, TINY, one_error_line, run_main
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import auto_quality  # noqa: E402
@@ -27,3 +29,28 @@ def test_train_speed_times_auto_off_and_the_reference(capsys):
 def test_auto_quality_spread_is_the_largest_seed_to_seed_difference():
     assert auto_quality.spread([[0.1, 0.4], [0.2, 0.25]]) == pytest.approx(0.3)
     assert math.isnan(auto_quality.spread([[1.0], [2.0]]))  # one seed each: no spread to compare with
+
+
+def test_d_memorisation_reads_d_on_trained_and_held_out_images(tmp_path, capsys):
+    import d_memorisation
+    import evaluate
+    from ganzoo.data import load_run_data
+    assert run_main("dcgan", TINY + ["--limit", "40", "--out", tmp_path / "r"]) == 0
+    model, ckpt = evaluate.load_model(tmp_path / "r", torch.device("cpu"))
+
+    class PixelMean(torch.nn.Module):  # a "D" whose output is known: each image's mean pixel
+        def forward(self, x):
+            return x.mean((1, 2, 3))
+    model.D = PixelMean()
+    r = d_memorisation.readout(model, ckpt["config"])
+    x = load_run_data({**ckpt["config"], "limit": None}).batch(torch.arange(80)).float() / 127.5 - 1
+    assert r["trained"][0] == pytest.approx(float(x[:40].mean()), abs=1e-5)    # the first 40: trained on
+    assert r["held_out"][0] == pytest.approx(float(x[40:].mean()), abs=1e-5)   # the next 40: never seen
+    assert r["trained"][2] == -1.0  # every digit is mostly black: a negative mean, E[sign] = -1
+    capsys.readouterr()
+    assert d_memorisation.main([str(tmp_path / "r")]) == 0
+    assert "trained - held-out" in capsys.readouterr().out
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "all"]) == 0  # no --limit: refused in one line
+    capsys.readouterr()
+    assert d_memorisation.main([str(tmp_path / "all")]) == 2
+    assert "--limit" in one_error_line(capsys.readouterr().err)
