@@ -23,16 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate import load_model  # noqa: E402
-from ganzoo.data import load_run_data  # noqa: E402
+from ganzoo.data import load_run_split  # noqa: E402
 from ganzoo.errors import UserError  # noqa: E402
 from ganzoo.sample import generate_n  # noqa: E402
 
 
 def readout(model, cfg: dict, train_mode: bool = True, seed: int = 5) -> dict:
     """{'trained' | 'held_out' | 'samples': (mean D output, its sigmoid's mean, E[sign])}."""
-    n = cfg.get("limit")
-    data = load_run_data({**cfg, "limit": None})  # the whole split: the run trained on its first n
-    if not n or 2 * n > len(data):
+    data, n = load_run_split(cfg)  # the run trained on the first n
+    if n == len(data) or 2 * n > len(data):
         raise UserError(f"needs a run trained with --limit N where 2N <= the data set's {len(data)} images")
     D = copy.deepcopy(model.D).float().train(train_mode)
     B = cfg["batch_size"]

@@ -656,6 +656,13 @@ def load_run_data(cfg: dict):
                                         image_size=tuple(cfg["image_size"]), batch_size=1, workers=0))
 
 
+def load_run_split(cfg: dict) -> tuple:
+    """(the whole split a run's config names, how many of its first images the run trained
+    on): all of them, or N for a --limit N run, whose held-out images are the ones past N."""
+    data = load_run_data({**cfg, "limit": None})
+    return data, min(cfg.get("limit") or len(data), len(data))
+
+
 def check_dir(path) -> Path:
     root = Path(path)
     if not root.is_dir():

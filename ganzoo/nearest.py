@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data import LABELLED, load_run_data
+from .data import LABELLED, load_run_split
 from .evaluation import scorer
 from .images import grid, save_png
 from .sample import generate_n
@@ -45,9 +45,8 @@ def features_fn(cfg: dict, device):
 def check(model, cfg: dict, device, out_path, n: int = 500, seed: int = 0) -> dict:
     """Writes out_path (16 rows: a sample, then its 5 nearest training images) and returns
     the report of n samples against HELD_OUT held-out real images."""
-    data = load_run_data({**cfg, "limit": None})  # the whole set: a --limit run trained on its first N
+    data, trained = load_run_split(cfg)
     g = torch.Generator().manual_seed(seed)
-    trained = min(cfg.get("limit") or len(data), len(data))
     if trained < len(data):  # a --limit run: every image it trained on is searched, and the
         # held-out ones are images of the same set that it never saw (the ones past the limit)
         held_idx = trained + torch.randperm(len(data) - trained, generator=g)[:HELD_OUT]
