@@ -193,10 +193,11 @@ class BEGAN(common.GAN):
         self.warned = False
 
     def learning_rate(self, base):
-        """base halved every --lr-decay-every steps and at each M_global stall, not below --lr-min."""
+        """base halved every --lr-decay-every steps and at each M_global stall, not below --lr-min
+        (then, with --lr-decay linear, decayed as every model's rates are: common.decayed_lr)."""
         a = self.args
         n = (self.step // a.lr_decay_every if a.lr_decay_every else 0) + self.stall_halvings
-        return max(base * 0.5 ** n, min(base, a.lr_min))
+        return common.decayed_lr(a, max(base * 0.5 ** n, min(base, a.lr_min)), self.step)
 
     def train_step(self, real):
         a = self.args

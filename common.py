@@ -26,12 +26,12 @@ from ganzoo.cli import (VALID_SIDES, Hyper, explicit_flags, make_parser, non_neg
 from ganzoo.augment import diffaug
 from ganzoo.errors import Diverged, Fault, Interrupted, UserError
 from ganzoo.evaluation import training_evaluator
-from ganzoo.loop import train
+from ganzoo.loop import decayed_lr, train
 from ganzoo.sample import sample
 from ganzoo.scale import all_mean, all_reduce_grads, distributed, full_precision, leave_together, rank, world
 
 __all__ = ["GAN", "DCGANGenerator", "DCGANDiscriminator", "dcgan_init", "norm2d", "levels", "Hyper",
-           "make_parser", "positive_int", "non_negative_int", "non_negative", "full_precision", "main"]
+           "make_parser", "positive_int", "non_negative_int", "non_negative", "full_precision", "decayed_lr", "main"]
 
 
 # --------------------------------------------------------------------------------------
@@ -139,9 +139,9 @@ class GAN:
         self.step_optimizer(opt)
 
     def aug(self, x: torch.Tensor) -> torch.Tensor:
-        """What D sees of an image batch: x itself, or with --augment diffaug its DiffAugment
-        (Zhao et al. 2020), the same ops for real and fake images, differentiable for G."""
-        return diffaug(x) if getattr(self.args, "augment", "none") == "diffaug" else x
+        """What D sees of an image batch: x itself, or with --augment its DiffAugment (Zhao et
+        al. 2020) under the policy named, the same ops for real and fake images, differentiable for G."""
+        return x if getattr(self.args, "augment", "none") == "none" else diffaug(x, policy=self.args.augment)
 
     def all_mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean of t over the ranks (t itself in one process): for a statistic that the

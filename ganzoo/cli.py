@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .augment import FULL, parse_policy
 from .data import DATASETS
 from .scale import COMPILE_MIN_STEPS
 
@@ -55,6 +56,16 @@ def side_levels(side: int) -> int | None:
 
 
 VALID_SIDES = "h0·2^k >= 16 with h0 in 4..7: 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, ..."
+
+
+def augment_policy(text: str) -> str:
+    """--augment: 'none', 'diffaug' (the whole DiffAugment policy) or the groups it names,
+    joined by commas in the authors' order ('translation,cutout')."""
+    try:
+        policy = parse_policy(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return "none" if not policy else "diffaug" if policy == FULL else policy
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -239,14 +250,18 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
                    help="random horizontal flips of the real images (off: the papers' setting)")
     g.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="train on the first N images of the data set only (a small-data experiment)")
-    g.add_argument("--augment", choices=("none", "diffaug"), default="none",
+    g.add_argument("--augment", type=augment_policy, default="none", metavar="POLICY",
                    help="diffaug: DiffAugment's colour, translation and cutout (Zhao et al. 2020) on real and fake "
-                        "images before D, in every D and G pass (none: the papers' setting)")
+                        "images before D, in every D and G pass; or some of those groups joined by commas "
+                        "(translation,cutout: the authors' BigGAN CIFAR-10 policy); none: the papers' setting")
     g.add_argument("--no-cache", action="store_true",
                    help="decode a folder again instead of memory-mapping its decoded copy in the cache folder")
     g = p.add_argument_group("model and optimisation (defaults are this model's paper values unless noted)")
     for name, (text, type_) in SHARED.items():
         add_hyper(g, name, hypers[name], text, type_)
+    g.add_argument("--lr-decay", choices=("none", "linear"), default="none",
+                   help="linear: both learning rates fall linearly to 0 at --steps, as in the WGAN-GP authors' "
+                        "CIFAR-10 ResNet code (gan_cifar_resnet.py); none: constant, the papers' setting")
     g.add_argument("--seed", type=int, default=0, help="seed (same seed, same CPU run, same weights)")
     g = p.add_argument_group(title)
     for name, h in hypers.items():

@@ -211,11 +211,30 @@ def describe(model, args, data, device, start, run_dir) -> str:
     return info
 
 
+def decayed_lr(args, base: float, step: int) -> float:
+    """The rate at generator update `step` (0-based) of an optimizer whose --g-lr / --d-lr is
+    base: base (--lr-decay none, the papers'), or base·max(0, 1 − step/steps) (linear: the
+    WGAN-GP authors' CIFAR-10 code, gan_cifar_resnet.py: LR·decay, decay = max(0, 1 −
+    iteration/ITERS)). A run resumed to a larger --steps decays to its new total."""
+    if getattr(args, "lr_decay", "none") == "linear":
+        return base * max(0.0, 1.0 - step / args.steps)
+    return base
+
+
+def set_learning_rates(model, args, step: int) -> None:
+    """Both optimizers' rates for this step. A model with a schedule of its own (BEGAN's
+    halvings) sets its rates again in train_step, through decayed_lr()."""
+    for name, base in (("G", args.g_lr), ("D", args.d_lr)):
+        for group in model.optimizers()[name].param_groups:
+            group["lr"] = decayed_lr(args, base, step)
+
+
 def one_step(model, args, batches: Batches, amp, step: int, bad_step: torch.Tensor):
     """Generator update number step + 1 (with the EMA after it). Returns the scalars {name:
     0-d fp32 tensor} and bad_step: the first step whose scalars were not finite (-1: none),
     kept on the device so that no step waits for it."""
     model.step = step  # generator updates done so far (schedules read it)
+    set_learning_rates(model, args, step)
     with amp:
         scalars = model.train_step(batches)
     if model.G_ema is not None:

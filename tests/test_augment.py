@@ -58,3 +58,36 @@ def test_resume_with_diffaug_is_bitwise(tmp_path):
     assert run_main("wgan_gp", plain + ["--steps", "4", "--out", tmp_path / "off"]) == 0
     c = torch.load(tmp_path / "off" / "checkpoint.pt", weights_only=True)
     assert not all(torch.equal(v, c["nets"]["D"][k]) for k, v in a["nets"]["D"].items())  # it does change D
+
+
+def test_policy_spellings():
+    from ganzoo.cli import augment_policy
+    assert augment_policy("none") == "none" and augment_policy("diffaug") == "diffaug"
+    assert augment_policy("color,translation,cutout") == "diffaug"  # the whole policy has one spelling
+    assert augment_policy("cutout,translation") == "translation,cutout"  # the authors' order
+    for bad in ("transl", "translation,translation", "cutout,,color"):
+        with pytest.raises(Exception, match="DiffAugment groups"):
+            augment_policy(bad)
+
+
+def test_a_policy_runs_only_its_ops():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 16) * 2 - 1
+    torch.manual_seed(1)
+    full = augment.diffaug(x)
+    torch.manual_seed(1)
+    spelled = augment.diffaug(x, policy="color,translation,cutout")
+    assert torch.equal(full, spelled)  # the default policy is the whole one
+    moved = augment.diffaug(x, policy="translation")  # a shift: every output pixel is an input pixel or the zero fill
+    values = set(x.flatten().tolist()) | {0.0}
+    assert set(moved.flatten().tolist()) <= values and not torch.equal(moved, x)
+    cut = augment.diffaug(x, policy="cutout")
+    kept = cut != 0
+    assert torch.equal(cut[kept], x[kept]) and (~kept).any()  # cutout only zeroes
+    assert torch.equal(augment.diffaug(x, policy=""), x)
+
+
+def test_a_partial_policy_trains_and_is_saved(tmp_path):
+    assert run_main("dcgan", ["--steps", "2", "--batch-size", "4", "--width", "4", "--image-size", "16",
+                              "--no-progress", "--augment", "cutout,translation", "--out", tmp_path / "r"]) == 0
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["config"]["augment"] == "translation,cutout"

@@ -140,6 +140,18 @@ def test_lr_halves_on_schedule_and_never_below_lr_min():
     assert low.learning_rate(1e-5) == 1e-5  # a rate already under the floor is left alone
 
 
+def test_lr_decay_linear_applies_after_the_halvings():
+    m = make("--g-lr", "8e-5", "--d-lr", "4e-5", "--lr-decay-every", "2", "--lr-min", "2e-5", "--lr-decay", "linear",
+             "--steps", "8")
+    real = torch.rand(4, 1, 16, 16) * 2 - 1
+    seen = []
+    for _ in range(8):
+        step(m, real)
+        seen.append(m.opt_g.param_groups[0]["lr"])
+    halved = [8e-5, 8e-5, 4e-5, 4e-5, 2e-5, 2e-5, 2e-5, 2e-5]
+    assert seen == pytest.approx([h * (1 - s / 8) for s, h in enumerate(halved)])
+
+
 def test_lr_halves_when_m_global_stalls():
     """With constant losses M_global never falls: every window after the first halves the rates,
     down to --lr-min."""

@@ -69,6 +69,36 @@ def test_resume_is_bitwise_equal(tmp_path):
     assert rows == [3, 6]
 
 
+def test_lr_decay_linear_falls_to_zero_at_steps_and_resumes_bitwise(tmp_path, monkeypatch):
+    """--lr-decay linear: step s (0-based) runs at base·(1 − s/steps), the WGAN-GP authors'
+    decay; the metrics row after step s reads the rate that step ran at. A run stopped by
+    Ctrl-C and resumed to the same --steps continues the same schedule, bitwise."""
+    import ganzoo.loop
+    real_step = ganzoo.loop.one_step
+
+    def ctrl_c_after_step_2(model, args, batches, amp, step, bad):
+        out = real_step(model, args, batches, amp, step, bad)
+        if step == 1 and "half" in str(args.out):
+            signal.raise_signal(signal.SIGINT)  # the loop saves after this step and exits 0
+        return out
+    monkeypatch.setattr(ganzoo.loop, "one_step", ctrl_c_after_step_2)
+    base = ["--batch-size", "8", "--width", "4", "--image-size", "16", "--log-every", "1", "--g-lr", "4e-4",
+            "--d-lr", "2e-4", "--sample-every", "2", "--checkpoint-every", "2", "--no-progress", "--lr-decay", "linear"]
+    assert run_main("dcgan", base + ["--steps", "4", "--out", tmp_path / "full"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr_g"] for r in rows] == pytest.approx([4e-4, 3e-4, 2e-4, 1e-4])
+    assert [r["lr_d"] for r in rows] == pytest.approx([2e-4, 1.5e-4, 1e-4, 0.5e-4])
+    assert run_main("dcgan", base + ["--steps", "4", "--out", tmp_path / "half"]) == 0
+    assert torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert run_main("dcgan", ["--resume", tmp_path / "half", "--steps", "4", "--no-progress"]) == 0
+    (_, wf), (ch, wh) = weights(tmp_path / "full"), weights(tmp_path / "half")
+    assert ch["step"] == 4 and ch["config"]["lr_decay"] == "linear" and all(torch.equal(wf[k], wh[k]) for k in wf)
+    assert run_main("dcgan", base[:-2] + ["--steps", "4", "--out", tmp_path / "const"]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "const" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr_g"] for r in rows] == [4e-4] * 4  # none: the papers' constant rate
+    assert not all(torch.equal(wf[k], v) for k, v in weights(tmp_path / "const")[1].items())
+
+
 def test_resume_keeps_settings_and_rejects_changes(tmp_path, capsys):
     assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
     capsys.readouterr()
