@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate import load_model  # noqa: E402
-from ganzoo.data import load_run_split  # noqa: E402
+from ganzoo.data import load_run_split, to_signed  # noqa: E402
 from ganzoo.errors import UserError  # noqa: E402
 from ganzoo.sample import generate_n  # noqa: E402
 
@@ -41,7 +41,7 @@ def readout(model, cfg: dict, train_mode: bool = True, seed: int = 5) -> dict:
         return torch.cat([D(b).float().flatten() for b in x.split(B)])
 
     def real(idx):
-        return data.batch(idx).float() / 127.5 - 1
+        return to_signed(data.batch(idx))
 
     with torch.no_grad():
         out = {"trained": d(real(torch.randperm(n, generator=g))),

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import dcgan  # noqa: E402
-from ganzoo.data import load_data, resolve_data_args  # noqa: E402
+from ganzoo.data import load_data, resolve_data_args, to_signed  # noqa: E402
 from ganzoo.scale import autocast, channels_last, device_summary, prepare_model, resolve_speed  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def bare(steps, device, argv):
     data = load_data(args)
     torch.manual_seed(0)
     m = prepare_model(dcgan.DCGAN(args, data.shape, device), args, for_training=True)
-    x_all = data.x.to(device).float() / 127.5 - 1
+    x_all = to_signed(data.x.to(device))
     if channels_last(args, device):
         x_all = x_all.contiguous(memory_format=torch.channels_last)
     B, amp = args.batch_size, autocast(args, device)

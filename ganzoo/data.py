@@ -68,6 +68,11 @@ def resolve_data_args(args) -> None:
             setattr(args, k, sets[args.dataset] if args.dataset in sets else v if small else args._paper[k])
 
 
+def to_signed(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] -> float32 in [-1, 1], the range the networks draw in."""
+    return x.float() / 127.5 - 1
+
+
 def resize_uint8(x: torch.Tensor, hw, chunk=None) -> torch.Tensor:
     """Resize a uint8 (N, C, h, w) tensor to (N, C, H, W): bilinear, antialiased, in chunks
     of at most 256 MB of float."""

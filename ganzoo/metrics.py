@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cli import size_str
-from .data import STACKED, cache_dir, labelled, load_data, resize_uint8, stacked_source
+from .data import STACKED, cache_dir, labelled, load_data, resize_uint8, stacked_source, to_signed
 from .errors import UserError
 
 VERSION = "v1"        # bump when the classifier or its training changes: old cache files are ignored
@@ -91,7 +91,7 @@ class DigitNet(nn.Module):
 def real_digits(hw) -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as the GANs see them: float (N, 1, H, W) in [-1, 1], and labels."""
     data = load_data(argparse.Namespace(dataset="digits", image_size=tuple(hw), channels=1, batch_size=1))
-    return data.x.float() / 127.5 - 1, data.labels
+    return to_signed(data.x), data.labels
 
 
 def judge_source(dataset: str, path=None) -> str:
@@ -112,7 +112,7 @@ def judge_data(source: str, hw, path=None, seed: int = CLASSIFIER_SEED):
     def prep(d):
         if d.labels is None:
             raise UserError(f"{d.source}: no labels (the label IDX file is missing); the quality metrics need them")
-        return resize_uint8(d.x, hw).float() / 127.5 - 1, d.labels
+        return to_signed(resize_uint8(d.x, hw)), d.labels
     x, y = prep(labelled(source, path))
     test = labelled(source, path, "test")
     if test is not None:
@@ -360,7 +360,7 @@ class Scorer:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(data), generator=g)[:n] if n <= len(data) else \
             torch.randint(0, len(data), (n,), generator=g)
-        return data.batch(idx).float() / 127.5 - 1
+        return to_signed(data.batch(idx))
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor, batch: int = 2000):

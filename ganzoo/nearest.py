@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data import LABELLED, load_run_split
+from .data import LABELLED, load_run_split, to_signed
 from .evaluation import scorer
 from .images import grid, save_png
 from .sample import generate_n
@@ -57,7 +57,7 @@ def check(model, cfg: dict, device, out_path, n: int = 500, seed: int = 0) -> di
         held_idx, train_idx = order[:held], order[held:held + MAX_TRAIN]
 
     def images(idx):
-        return data.batch(idx).float() / 127.5 - 1
+        return to_signed(data.batch(idx))
     feats, what = features_fn(cfg, device)
     train_x = torch.cat([images(b) for b in train_idx.split(2000)])
     train_f = torch.cat([feats(b) for b in train_x.split(2000)])

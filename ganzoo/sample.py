@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data import load_run_data
+from .data import load_run_data, to_signed
 from .errors import UserError
 from .images import grid, save_gif, save_png, slerp
 from .scale import pick_device
@@ -62,7 +62,7 @@ def real_images(cfg: dict, n: int, seed: int = 0) -> torch.Tensor:
     at random (a fixed draw for each seed)."""
     data = load_run_data(cfg)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
-    return data.batch(idx).float() / 127.5 - 1
+    return to_signed(data.batch(idx))
 
 
 def sample(model_cls, args) -> int:

@@ -34,7 +34,7 @@ def test_auto_quality_spread_is_the_largest_seed_to_seed_difference():
 def test_d_memorisation_reads_d_on_trained_and_held_out_images(tmp_path, capsys):
     import d_memorisation
     import evaluate
-    from ganzoo.data import load_run_data
+    from ganzoo.data import load_run_data, to_signed
     assert run_main("dcgan", TINY + ["--limit", "40", "--out", tmp_path / "r"]) == 0
     model, ckpt = evaluate.load_model(tmp_path / "r", torch.device("cpu"))
 
@@ -43,7 +43,7 @@ def test_d_memorisation_reads_d_on_trained_and_held_out_images(tmp_path, capsys)
             return x.mean((1, 2, 3))
     model.D = PixelMean()
     r = d_memorisation.readout(model, ckpt["config"])
-    x = load_run_data({**ckpt["config"], "limit": None}).batch(torch.arange(80)).float() / 127.5 - 1
+    x = to_signed(load_run_data({**ckpt["config"], "limit": None}).batch(torch.arange(80)))
     assert r["trained"][0] == pytest.approx(float(x[:40].mean()), abs=1e-5)    # the first 40: trained on
     assert r["held_out"][0] == pytest.approx(float(x[40:].mean()), abs=1e-5)   # the next 40: never seen
     assert r["trained"][2] == -1.0  # every digit is mostly black: a negative mean, E[sign] = -1

@@ -15,7 +15,7 @@ import ganzoo.data as data_mod
 from conftest import one_error_line, run_main
 from ganzoo.batches import Batches
 from ganzoo.data import (StackedDigits, StreamedFolder, decode_image, digits_images, list_images, load_cifar10,
-                         load_data, load_folder, load_mnist, resize_uint8)
+                         load_data, load_folder, load_mnist, resize_uint8, to_signed)
 from ganzoo.errors import UserError
 
 
@@ -291,3 +291,9 @@ def test_limit_trains_on_the_first_n_images(tmp_path):
     d = load_data(Namespace(dataset="digits", path=None, image_size=(16, 16), channels=1, batch_size=4, limit=5))
     full = load_data(Namespace(dataset="digits", path=None, image_size=(16, 16), channels=1, batch_size=4))
     assert torch.equal(d.x, full.x[:5]) and d.labels.tolist() == full.labels[:5].tolist()
+
+
+def test_to_signed_maps_0_255_onto_minus_1_1():
+    x = to_signed(torch.tensor([0, 51, 127, 128, 255], dtype=torch.uint8))
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.tensor([-1.0, -0.6, -0.003921568, 0.003921568, 1.0]), rtol=0, atol=1e-6)

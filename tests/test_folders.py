@@ -11,7 +11,7 @@ from PIL import Image
 import ganzoo.data as data_mod
 from ganzoo.batches import Batches
 from ganzoo.cli import crop_spec
-from ganzoo.data import decode_image, list_images, load_folder
+from ganzoo.data import decode_image, list_images, load_folder, to_signed
 from conftest import run_main
 
 
@@ -143,7 +143,7 @@ def test_nearest_finds_planted_copies_of_training_images(tmp_path, monkeypatch, 
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i}.png")
     assert run_main("dcgan", ["--path", root, "--steps", "2", "--batch-size", "4", "--width", "4", "--image-size",
                               "16", "--no-progress", "--out", tmp_path / "r"]) == 0
-    train = load_folder(root, (16, 16), 3, 0, 2**30).x.float() / 127.5 - 1
+    train = to_signed(load_folder(root, (16, 16), 3, 0, 2**30).x)
     planted = train[torch.arange(40) % 60]  # 40 samples, all copies of training images
 
     monkeypatch.setattr(nearest, "generate_n", lambda model, n, seed=0: planted[:n])
@@ -170,7 +170,7 @@ def test_nearest_holds_out_the_images_past_the_limit(tmp_path, monkeypatch):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i:02d}.png")
     assert run_main("dcgan", ["--path", root, "--limit", "20", "--steps", "2", "--batch-size", "4", "--width", "4",
                               "--image-size", "16", "--no-progress", "--out", tmp_path / "r"]) == 0
-    whole = load_folder(root, (16, 16), 3, 0, 2**30).x.float() / 127.5 - 1
+    whole = to_signed(load_folder(root, (16, 16), 3, 0, 2**30).x)
     monkeypatch.setattr(nearest, "generate_n", lambda model, n, seed=0: whole[torch.arange(n) % 20])
     assert evaluate.main(["--nearest", str(tmp_path / "r"), "--n", "40", "--json", str(tmp_path / "n.json")]) == 0
     r = json.loads((tmp_path / "n.json").read_text())
