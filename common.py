@@ -141,7 +141,8 @@ class GAN:
     def aug(self, x: torch.Tensor) -> torch.Tensor:
         """What D sees of an image batch: x itself, or with --augment its DiffAugment (Zhao et
         al. 2020) under the policy named, the same ops for real and fake images, differentiable for G."""
-        return x if getattr(self.args, "augment", "none") == "none" else diffaug(x, policy=self.args.augment)
+        a = self.args
+        return x if getattr(a, "augment", "none") == "none" else diffaug(x, policy=a.augment, p=getattr(a, "augment_p", 1.0))
 
     def all_mean(self, t: torch.Tensor) -> torch.Tensor:
         """The mean of t over the ranks (t itself in one process): for a statistic that the

@@ -79,10 +79,16 @@ def parse_policy(text: str) -> str:
     return ",".join(g for g in GROUPS if g in groups)  # the authors' order: colour, translation, cutout
 
 
-def diffaug(x: torch.Tensor, strength: float = 1.0, policy: str = FULL) -> torch.Tensor:
+def diffaug(x: torch.Tensor, strength: float = 1.0, policy: str = FULL, p: float = 1.0) -> torch.Tensor:
     """The policy's ops in the authors' order (colour, then translation, then cutout),
-    (B, C, H, W) -> (B, C, H, W), differentiable."""
+    (B, C, H, W) -> (B, C, H, W), differentiable. p < 1 augments each image with probability
+    p and passes the others through (StyleGAN2-ADA's --p, drawn per image; lightweight-gan's
+    --aug-prob draws one coin per batch); p = 1, the DiffAugment authors' setting, draws no coin."""
+    y = x
     for group in parse_policy(policy).split(",") if policy else ():
         for op in GROUPS[group]:
-            x = op(x, strength)
-    return x
+            y = op(y, strength)
+    if p >= 1.0:
+        return y
+    keep = torch.rand(len(x), 1, 1, 1, device=x.device) >= p   # (B, 1, 1, 1): True = not augmented
+    return torch.where(keep, x, y)

@@ -132,6 +132,17 @@ def optimizer_name(text):
     return text
 
 
+def probability(text):
+    """An argparse type: a number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+    return v
+
+
 def ema_beta(text):
     try:
         v = float(text)
@@ -254,6 +265,9 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
                    help="diffaug: DiffAugment's colour, translation and cutout (Zhao et al. 2020) on real and fake "
                         "images before D, in every D and G pass; or some of those groups joined by commas "
                         "(translation,cutout: the authors' BigGAN CIFAR-10 policy); none: the papers' setting")
+    g.add_argument("--augment-p", "--aug-prob", type=probability, default=1.0, metavar="P",
+                   help="with --augment: the probability that an image is augmented, drawn per image (default 1, "
+                        "the DiffAugment authors'; StyleGAN2-ADA's --p, lightweight-gan's --aug-prob)")
     g.add_argument("--no-cache", action="store_true",
                    help="decode a folder again instead of memory-mapping its decoded copy in the cache folder")
     g = p.add_argument_group("model and optimisation (defaults are this model's paper values unless noted)")

@@ -91,3 +91,28 @@ def test_a_partial_policy_trains_and_is_saved(tmp_path):
     assert run_main("dcgan", ["--steps", "2", "--batch-size", "4", "--width", "4", "--image-size", "16",
                               "--no-progress", "--augment", "cutout,translation", "--out", tmp_path / "r"]) == 0
     assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["config"]["augment"] == "translation,cutout"
+
+
+def test_augment_p_augments_that_share_of_images():
+    torch.manual_seed(0)
+    x = torch.rand(2000, 1, 8, 8) * 2 - 1
+    for p in (0.0, 0.25, 0.5):
+        y = augment.diffaug(x, policy="color", p=p)  # brightness moves every augmented image
+        changed = (y != x).flatten(1).any(1).float().mean().item()
+        assert abs(changed - p) < 0.04, (p, changed)
+    x.requires_grad_()
+    augment.diffaug(x, policy="translation", p=0.5).sum().backward()
+    assert x.grad is not None  # the kept images pass their gradient through too
+
+
+def test_augment_p_runs_resumes_and_is_checked(tmp_path, capsys):
+    base = ["--batch-size", "4", "--width", "4", "--image-size", "16", "--checkpoint-every", "2", "--no-progress",
+            "--augment", "translation", "--aug-prob", "0.5"]
+    assert run_main("dcgan", base + ["--steps", "4", "--out", tmp_path / "full"]) == 0
+    assert run_main("dcgan", base + ["--steps", "2", "--out", tmp_path / "half"]) == 0
+    assert run_main("dcgan", ["--resume", tmp_path / "half", "--steps", "4", "--no-progress"]) == 0
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("full", "half"))
+    assert b["config"]["augment_p"] == 0.5
+    assert all(torch.equal(v, b["nets"]["D"][k]) for k, v in a["nets"]["D"].items())
+    assert run_main("dcgan", base[:-1] + ["1.5", "--steps", "2", "--out", tmp_path / "bad"], capsys) == 2
+    assert "not a probability in [0, 1]" in capsys.readouterr().err
