@@ -6,8 +6,11 @@ The ops follow the authors' DiffAugment_pytorch.py. Its `policy` picks the ops b
 'color' (brightness, saturation, contrast), 'translation', 'cutout'; the authors train
 StyleGAN2 and their low-shot runs with 'color,translation,cutout' (`diffaug` here), BigGAN on
 CIFAR with 'translation,cutout' (DiffAugment-biggan-cifar/scripts/DiffAugment-biggan-cifar10*.sh).
-`strength` scales each op (1: theirs, 0: the identity). Every draw comes from the run's own random stream, which a checkpoint saves, so a resumed run draws the same augmentations."""
+`strength` scales each op (1: theirs, 0: the identity). Every draw comes from the run's own
+random stream, which a checkpoint saves, so a resumed run draws the same augmentations."""
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -79,15 +82,22 @@ def parse_policy(text: str) -> str:
     return ",".join(g for g in GROUPS if g in groups)  # the authors' order: colour, translation, cutout
 
 
+@functools.lru_cache(maxsize=None)
+def policy_ops(policy: str) -> tuple:
+    """The ops of a policy as parse_policy() reads it, in order; read once per spelling, not on
+    every D and G pass."""
+    groups = parse_policy(policy)
+    return tuple(op for g in (groups.split(",") if groups else ()) for op in GROUPS[g])
+
+
 def diffaug(x: torch.Tensor, strength: float = 1.0, policy: str = FULL, p: float = 1.0) -> torch.Tensor:
     """The policy's ops in the authors' order (colour, then translation, then cutout),
     (B, C, H, W) -> (B, C, H, W), differentiable. p < 1 augments each image with probability
     p and passes the others through (StyleGAN2-ADA's --p, drawn per image; lightweight-gan's
     --aug-prob draws one coin per batch); p = 1, the DiffAugment authors' setting, draws no coin."""
     y = x
-    for group in parse_policy(policy).split(",") if policy else ():
-        for op in GROUPS[group]:
-            y = op(y, strength)
+    for op in policy_ops(policy):
+        y = op(y, strength)
     if p >= 1.0:
         return y
     keep = torch.rand(len(x), 1, 1, 1, device=x.device) >= p   # (B, 1, 1, 1): True = not augmented
