@@ -181,8 +181,8 @@ class BEGAN(common.GAN):
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)
         C, H, W = shape
-        self.D = AutoEncoder(args.h_dim or args.z_dim, C, (H, W), args.width).to(device)
-        self.G = Decoder(args.z_dim, C, (H, W), args.width).to(device)  # D's decoder's shape, own weights
+        self.D = AutoEncoder(args.h_dim or args.z_dim, C, (H, W), self.d_width).to(device)
+        self.G = Decoder(args.z_dim, C, (H, W), self.g_width).to(device)  # the shape of D's decoder (at --g-width), own weights
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
         self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
         self.k = torch.zeros((), device=device)          # k_0 = 0
@@ -194,16 +194,14 @@ class BEGAN(common.GAN):
 
     def learning_rate(self, base):
         """base halved every --lr-decay-every steps and at each M_global stall, not below --lr-min
-        (then, with --lr-decay linear, decayed as every model's rates are: common.decayed_lr)."""
+        (then, with --lr-decay linear, decayed as every model's rates are); the loop sets it before
+        each train_step."""
         a = self.args
         n = (self.step // a.lr_decay_every if a.lr_decay_every else 0) + self.stall_halvings
-        return common.decayed_lr(a, max(base * 0.5 ** n, min(base, a.lr_min)), self.step)
+        return super().learning_rate(max(base * 0.5 ** n, min(base, a.lr_min)))
 
     def train_step(self, real):
         a = self.args
-        for opt, base in ((self.opt_g, a.g_lr), (self.opt_d, a.d_lr)):
-            for group in opt.param_groups:
-                group["lr"] = self.learning_rate(base)
         x = real()                                   # (B, C, H, W) in [-1, 1]
         B = len(x)
         z_d, z_g = self.sample_z(B), self.sample_z(B)  # (B, N_z) ~ U[−1, 1], separate draws

@@ -62,6 +62,7 @@ class GAN:
 
     def __init__(self, args, shape, device):
         self.args, self.shape, self.device = args, shape, device
+        self.g_width, self.d_width = (getattr(args, k, None) or args.width for k in ("g_width", "d_width"))
         self.step = 0  # generator updates done; the training loop sets it before each step
         self.G_ema = None  # --ema: the moving average of G (ganzoo.scale.prepare_model() makes it)
         self.scalers = {}  # --amp fp16: one gradient scaler per optimizer name
@@ -106,11 +107,13 @@ class GAN:
             return torch.optim.SGD(params, lr=lr)
         raise UserError(f"unknown optimizer {a.optimizer!r} (adam, rmsprop or sgd)")
 
+    def learning_rate(self, base: float) -> float:
+        """The rate, at this step, of an optimizer whose --g-lr / --d-lr is base (the loop sets both
+        before train_step): --lr-decay's schedule. A model with a schedule of its own overrides it."""
+        return decayed_lr(self.args, base, self.step)
+
     def _scaler(self, opt):
-        for k, o in self.optimizers().items():
-            if o is opt:
-                return self.scalers.get(k)
-        return None
+        return next((self.scalers.get(k) for k, o in self.optimizers().items() if o is opt), None)
 
     def backward(self, loss, opt, **kw):
         """loss.backward(**kw) outside autocast, scaled by opt's gradient scaler under fp16."""
@@ -161,9 +164,7 @@ class GAN:
     def networks(self) -> dict:
         """The networks by name, as the checkpoint holds them: G, D and (with --ema) G_ema."""
         nets = {"G": self.G, "D": self.D}
-        if self.G_ema is not None:
-            nets["G_ema"] = self.G_ema
-        return nets
+        return nets if self.G_ema is None else {**nets, "G_ema": self.G_ema}
 
     def optimizers(self) -> dict:
         return {"G": self.opt_g, "D": self.opt_d}

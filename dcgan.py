@@ -57,9 +57,9 @@ class DCGAN(common.GAN):
         super().__init__(args, shape, device)
         C, H, W = shape
         # Generator: fractionally-strided convs, BatchNorm + ReLU, tanh output (paper Fig. 1)
-        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), self.g_width, norm="batch").to(device)
         # Discriminator: strided convs, LeakyReLU(0.2), BatchNorm on all layers but the first
-        self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
+        self.D = common.DCGANDiscriminator(C, (H, W), self.d_width, norm="batch").to(device)
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
         self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 

@@ -77,9 +77,9 @@ class DRAGAN(common.GAN):
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)
         C, H, W = shape
-        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), self.g_width, norm="batch").to(device)
         # No BatchNorm in D: the penalty is per sample, and batch statistics would couple samples.
-        self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="none").to(device)
+        self.D = common.DCGANDiscriminator(C, (H, W), self.d_width, norm="none").to(device)
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
         self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 

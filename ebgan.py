@@ -118,8 +118,8 @@ class EBGAN(common.GAN):
         C, H, W = shape
         if args.margin is None:  # resolved here, so that config.json records the value used
             args.margin = default_margin(args.dataset, shape, args.energy)
-        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
-        self.D = AutoEncoderD(C, args.width, (H, W)).to(device)
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), self.g_width, norm="batch").to(device)
+        self.D = AutoEncoderD(C, self.d_width, (H, W)).to(device)
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
         self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 

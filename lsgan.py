@@ -69,8 +69,8 @@ class LSGAN(common.GAN):
         C, H, W = shape
         self.a, self.b, self.c = args.abc
         # DCGAN networks (paper §3.3 builds on DCGAN); D's output is linear: no sigmoid (§3.2)
-        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
-        self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), self.g_width, norm="batch").to(device)
+        self.D = common.DCGANDiscriminator(C, (H, W), self.d_width, norm="batch").to(device)
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
         self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 

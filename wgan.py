@@ -64,8 +64,8 @@ class WGAN(common.GAN):
         C, H, W = shape
         # The DCGAN generator (BatchNorm + ReLU, tanh) and the DCGAN discriminator as the critic:
         # BatchNorm kept, as in the paper's experiments, and no sigmoid (f is a real-valued score).
-        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
-        self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm="batch").to(device)
+        self.G = common.DCGANGenerator(args.z_dim, C, (H, W), self.g_width, norm="batch").to(device)
+        self.D = common.DCGANDiscriminator(C, (H, W), self.d_width, norm="batch").to(device)
         # Algorithm 1: RMSProp (--optimizer); a momentum optimizer (Adam) on the critic made
         # training unstable, the paper says
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)

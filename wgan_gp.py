@@ -165,13 +165,13 @@ class WGANGP(common.GAN):
         super().__init__(args, shape, device)
         C, H, W = shape
         if args.arch == "resnet":
-            self.G = ResNetGenerator(args.z_dim, C, (H, W), args.width).to(device)
-            self.D = ResNetCritic(C, (H, W), args.width, norm=args.critic_norm).to(device)
+            self.G = ResNetGenerator(args.z_dim, C, (H, W), self.g_width).to(device)
+            self.D = ResNetCritic(C, (H, W), self.d_width, norm=args.critic_norm).to(device)
         else:
             # The generator keeps BatchNorm; the critic must not have it (§4: the penalty is per
             # sample, and batch statistics make each sample's score depend on the others).
-            self.G = common.DCGANGenerator(args.z_dim, C, (H, W), args.width, norm="batch").to(device)
-            self.D = common.DCGANDiscriminator(C, (H, W), args.width, norm=args.critic_norm).to(device)
+            self.G = common.DCGANGenerator(args.z_dim, C, (H, W), self.g_width, norm="batch").to(device)
+            self.D = common.DCGANDiscriminator(C, (H, W), self.d_width, norm=args.critic_norm).to(device)
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
         self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
 

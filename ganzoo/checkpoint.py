@@ -40,6 +40,9 @@ def upgrade_config(config: dict, hypers: dict) -> dict:
             config[k] = plain(h.old)
         elif k not in config and not h.by_data_set:
             config[k] = plain(h.default)
+    for k in ("g_width", "d_width"):  # before --g-width / --d-width: both networks had --width
+        if k not in config and "width" in config:
+            config[k] = config["width"]
     if isinstance(config.get("compile"), bool):  # before --compile took auto|on|off
         config["compile"] = "on" if config["compile"] else "off"
     return config

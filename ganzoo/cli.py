@@ -273,6 +273,10 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("model and optimisation (defaults are this model's paper values unless noted)")
     for name, (text, type_) in SHARED.items():
         add_hyper(g, name, hypers[name], text, type_)
+    g.add_argument("--g-width", "--ngf", type=positive_int, default=None, metavar="N",
+                   help="G's base width alone (dcgan.torch's and pytorch/examples' ngf; default: --width)")
+    g.add_argument("--d-width", "--ndf", type=positive_int, default=None, metavar="N",
+                   help="D's (the critic's) base width alone (their ndf; default: --width)")
     g.add_argument("--lr-decay", choices=("none", "linear"), default="none",
                    help="linear: both learning rates fall linearly to 0 at --steps, as in the WGAN-GP authors' "
                         "CIFAR-10 ResNet code (gan_cifar_resnet.py); none: constant, the papers' setting")

@@ -50,7 +50,9 @@ def default_channels(dataset: str) -> int:
 
 
 def resolve_data_args(args) -> None:
-    """Fill in dataset, image_size and channels from each other (in place)."""
+    """Fill in dataset, image_size and channels from each other, then the values that depend
+    on the data set (a model's small-data values) and G's and D's widths (--width unless
+    --g-width / --d-width is given) (in place)."""
     if args.dataset is None:
         args.dataset = "folder" if args.path else "digits"
     if args.dataset in ("folder", "mnist", "cifar10") and not args.path:
@@ -66,6 +68,9 @@ def resolve_data_args(args) -> None:
         if getattr(args, k, None) is None:
             sets = getattr(args, "_sets", {}).get(k, {})  # a value of this data set's own, over `small`
             setattr(args, k, sets[args.dataset] if args.dataset in sets else v if small else args._paper[k])
+    for k in ("g_width", "d_width"):
+        if getattr(args, k, None) is None and getattr(args, "width", None) is not None:
+            setattr(args, k, args.width)
 
 
 def to_signed(x: torch.Tensor) -> torch.Tensor:

@@ -221,12 +221,12 @@ def decayed_lr(args, base: float, step: int) -> float:
     return base
 
 
-def set_learning_rates(model, args, step: int) -> None:
-    """Both optimizers' rates for this step. A model with a schedule of its own (BEGAN's
-    halvings) sets its rates again in train_step, through decayed_lr()."""
+def set_learning_rates(model, args) -> None:
+    """Both optimizers' rates for this step: model.learning_rate(--g-lr / --d-lr), which is
+    decayed_lr() unless the model has a schedule of its own (BEGAN's halvings)."""
     for name, base in (("G", args.g_lr), ("D", args.d_lr)):
         for group in model.optimizers()[name].param_groups:
-            group["lr"] = decayed_lr(args, base, step)
+            group["lr"] = model.learning_rate(base)
 
 
 def one_step(model, args, batches: Batches, amp, step: int, bad_step: torch.Tensor):
@@ -234,7 +234,7 @@ def one_step(model, args, batches: Batches, amp, step: int, bad_step: torch.Tens
     0-d fp32 tensor} and bad_step: the first step whose scalars were not finite (-1: none),
     kept on the device so that no step waits for it."""
     model.step = step  # generator updates done so far (schedules read it)
-    set_learning_rates(model, args, step)
+    set_learning_rates(model, args)
     with amp:
         scalars = model.train_step(batches)
     if model.G_ema is not None:

@@ -14,6 +14,7 @@ import began
 from conftest import run_main, run_script
 from ganzoo.cli import image_size
 from ganzoo.data import resolve_data_args
+from ganzoo.loop import set_learning_rates
 
 
 def make(*argv, hw=(16, 16), channels=1):
@@ -41,6 +42,7 @@ def zero_reconstruction(m):
 
 def step(m, real, n=1):
     for _ in range(n):
+        set_learning_rates(m, m.args)  # as the loop does before each update
         out = m.train_step(lambda: real)
         m.step += 1
     return out

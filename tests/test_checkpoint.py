@@ -134,3 +134,15 @@ def test_upgrade_config_renames_and_fills_in_what_is_new():
     import began  # ... unless the flag names what older runs did (Hyper.old): BEGAN's pull-away term, 0.3 on
     assert upgrade_config({"dataset": "digits"}, began.HYPERPARAMETERS)["pt_weight"] == 0.0  # the digits now
     assert renames(hypers) == {"lambda_gp": "gp_lambda"}
+    # before --g-width / --d-width both networks had --width
+    assert [upgrade_config({"width": 16}, hypers)[k] for k in ("g_width", "d_width")] == [16, 16]
+
+
+def test_an_old_checkpoint_keeps_its_widths(tmp_path, capsys):
+    run = _old_run(tmp_path, "dcgan")
+    assert "d_width" not in torch.load(run / "checkpoint.pt", weights_only=True)["config"]
+    assert run_main("dcgan", ["--resume", run, "--steps", "4", "--ndf", "8"]) == 2  # its D had --width 4
+    assert "--d-width 4" in one_error_line(capsys.readouterr().err)
+    assert run_main("dcgan", ["--resume", run, "--steps", "3", "--d-width", "4", "--no-progress"]) == 0
+    cfg = torch.load(run / "checkpoint.pt", weights_only=True)["config"]
+    assert (cfg["width"], cfg["g_width"], cfg["d_width"]) == (4, 4, 4)

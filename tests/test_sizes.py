@@ -1,6 +1,7 @@
 """Image sizes h0·2^k with h0 in 4..7 (28 = 7·4, 20, 24, 48, 112...), square or not: every
 script builds networks whose G writes and whose D reads exactly that size, and the rule's
-error names the sizes that can be built."""
+error names the sizes that can be built. And the widths: --g-width / --d-width (--ngf / --ndf)
+set each network's width alone."""
 import argparse
 import importlib
 
@@ -81,3 +82,19 @@ def test_an_impossible_size_names_the_sizes_that_can_be_built(tmp_path, capsys):
     assert run_main("dcgan", ["--image-size", "36", "--out", tmp_path / "r"]) == 2
     err = capsys.readouterr().err
     assert "side 36" in err and "h0 in 4..7" in err and "28" in err
+
+
+def shapes(net):
+    return [tuple(p.shape) for p in net.parameters()]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_g_width_and_d_width_set_each_network_alone(model):
+    for extra in ([], ["--arch", "resnet"]) if model == "wgan_gp" else ([],):
+        narrow, wide = build(model, (28, 28), 1, extra), build(model, (28, 28), 1, ["--width", "8", *extra])
+        split = build(model, (28, 28), 1, ["--g-width", "4", "--ndf", "8", *extra])  # --ndf: --d-width's alias
+        assert shapes(split.G) == shapes(narrow.G) and shapes(split.D) == shapes(wide.D), (model, extra)
+        assert shapes(split.D) != shapes(narrow.D)
+        other = build(model, (28, 28), 1, ["--ngf", "8", "--d-width", "4", *extra])
+        assert shapes(other.G) == shapes(wide.G) and shapes(other.D) == shapes(narrow.D), (model, extra)
+        assert (narrow.args.g_width, narrow.args.d_width) == (4, 4)  # by default both follow --width
