@@ -132,25 +132,25 @@ def optimizer_name(text):
     return text
 
 
-def probability(text):
-    """An argparse type: a number in [0, 1]."""
+def _number_in(text, ok, what: str) -> float:
+    """float(text) when ok(it) holds, else argparse's error naming `what` (a non-number too)."""
     try:
         v = float(text)
     except ValueError:
-        v = -1.0
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a probability in [0, 1]")
+        v = float("nan")
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"{text} is not {what}")
     return v
+
+
+def probability(text):
+    """An argparse type: a number in [0, 1]."""
+    return _number_in(text, lambda v: 0.0 <= v <= 1.0, "a probability in [0, 1]")
 
 
 def ema_beta(text):
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not an EMA decay in [0, 1) (e.g. 0.999; 0 turns it off)")
-    return v
+    """An argparse type: an EMA decay in [0, 1) (0: off)."""
+    return _number_in(text, lambda v: 0.0 <= v < 1.0, "an EMA decay in [0, 1) (e.g. 0.999; 0 turns it off)")
 
 
 # ---- a model's hyperparameters ----------------------------------------------------------
