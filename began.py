@@ -182,7 +182,7 @@ class BEGAN(common.GAN):
         super().__init__(args, shape, device)
         C, H, W = shape
         self.D = AutoEncoder(args.h_dim or args.z_dim, C, (H, W), self.d_width).to(device)
-        self.G = Decoder(args.z_dim, C, (H, W), self.g_width).to(device)  # the shape of D's decoder (at --g-width), own weights
+        self.G = Decoder(args.z_dim, C, (H, W), self.g_width).to(device)  # D's decoder's shape at --g-width, own weights
         self.opt_g = self.optimizer(self.G.parameters(), args.g_lr)  # Adam (--optimizer)
         self.opt_d = self.optimizer(self.D.parameters(), args.d_lr)
         self.k = torch.zeros((), device=device)          # k_0 = 0
