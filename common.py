@@ -62,7 +62,7 @@ class GAN:
 
     def __init__(self, args, shape, device):
         self.args, self.shape, self.device = args, shape, device
-        self.g_width, self.d_width = (getattr(args, k, None) or args.width for k in ("g_width", "d_width"))
+        self.g_width, self.d_width = args.g_width, args.d_width  # resolve_data_args: --width unless given
         self.step = 0  # generator updates done; the training loop sets it before each step
         self.G_ema = None  # --ema: the moving average of G (ganzoo.scale.prepare_model() makes it)
         self.scalers = {}  # --amp fp16: one gradient scaler per optimizer name

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from evaluate import model_class  # noqa: E402
 from ganzoo.batches import Batches  # noqa: E402
-from ganzoo.data import Images  # noqa: E402
+from ganzoo.data import Images, resolve_data_args  # noqa: E402
 from ganzoo.loop import one_step  # noqa: E402
 from ganzoo.scale import autocast, channels_last, device_summary, pick_device, prepare_model, resolve_speed  # noqa: E402
 
@@ -70,10 +70,10 @@ def build(name, flags, size, batch, device):
     mod = importlib.import_module(name)
     args = mod.build_parser().parse_args(["--image-size", str(size), "--device", device.type, *flags]
                                          + (["--batch-size", str(batch)] if batch else []))
-    args.dataset, args.channels, args.image_size = "folder", 3, (size, size)
-    for k, v in args._small.items():  # the paper's values, as on a folder of images
-        if getattr(args, k) is None:
-            setattr(args, k, args._paper[k])
+    # filled in as for a folder of RGB images (the paper's values): there is no folder, the
+    # batches are synthetic, so the path only stands in for one
+    args.dataset, args.path, args.channels, args.image_size = "folder", "(synthetic)", 3, (size, size)
+    resolve_data_args(args)
     resolve_speed(args, device, args.steps)  # as a folder run of the paper's length resolves them
     torch.manual_seed(0)
     model = prepare_model(model_class(name)(args, (3, size, size), device), args, for_training=True)
