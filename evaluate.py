@@ -5,6 +5,7 @@
     python evaluate.py --real --dataset stacked-digits     # the real data against itself (the floor)
     python dcgan.py --eval-every 500                        # the same metrics during training
     python evaluate.py --nearest runs/dcgan/<run>           # is it copying its training images?
+    python evaluate.py runs/dcgan/<run> --real --per-class  # which classes fall short, beside real images
 
 Works for checkpoints of any of the seven scripts trained on a labelled data set: digits,
 mnist, mnist-5k, fashion-mnist, cifar10 and the stacked sets (the checkpoint names its
@@ -36,7 +37,8 @@ from ganzoo.checkpoint import checkpoint_path, load_checkpoint, model_from_check
 from ganzoo.cli import HelpFormatter, image_size, positive_int
 from ganzoo.data import default_image_size
 from ganzoo.errors import UserError
-from ganzoo.evaluation import METRICS, evaluate_model, evaluate_real, find_checkpoints, markdown, scorer
+from ganzoo.evaluation import (METRICS, evaluate_model, evaluate_real, find_checkpoints, markdown, per_class_markdown,
+                               scorer)
 from ganzoo.scale import pick_device
 
 ROOT = Path(__file__).resolve().parent
@@ -64,12 +66,12 @@ def load_model(path, device, ema: bool = True) -> tuple:
 
 
 def evaluate_checkpoint(path, device=torch.device("cpu"), n: int | None = None, seed: int = 0,
-                        ema: bool = True) -> dict:
+                        ema: bool = True, per_class: bool = False) -> dict:
     """One row: where, model, step, which generator (G_ema where the run kept one, unless
     ema=False), data, then the metrics of n samples (default: the data set's, 2,000 for digits
-    and 26,000 for stacked-digits)."""
+    and 26,000 for stacked-digits), and with per_class the same samples class by class."""
     model, ckpt = load_model(path, device, ema)
-    return evaluate_model(model, ckpt, str(checkpoint_path(path)), device, n, seed)
+    return evaluate_model(model, ckpt, str(checkpoint_path(path)), device, n, seed, per_class)
 
 
 def nearest_check(parser, args) -> int:
@@ -115,6 +117,9 @@ def build_parser():
                    help="the memorisation check of one run: RUN/nearest.png (16 samples, each beside its 5 nearest "
                         "training images) and the nearest-distance distribution of samples against held-out real "
                         "images; any data set, folders included")
+    p.add_argument("--per-class", action="store_true",
+                   help="also a table per checkpoint: each class's share of the samples and the confident share "
+                        "among them, beside the real data's (where the confident share falls short; 10-class sets)")
     p.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the table here")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the rows here as JSON")
     return p
@@ -129,12 +134,12 @@ def main(argv=None) -> int:
         if not args.paths and not args.real:
             raise UserError("name at least one run directory or checkpoint, or --real")
         device = pick_device(args.device)
-        rows = [evaluate_checkpoint(p, device, args.n, args.seed, not args.no_ema)
+        rows = [evaluate_checkpoint(p, device, args.n, args.seed, not args.no_ema, args.per_class)
                 for p in find_checkpoints(args.paths)]
         if args.real:
             dataset = args.dataset or (rows[0]["dataset"] if rows else "digits")
             hw = args.image_size or (image_size(rows[0]["image_size"]) if rows else default_image_size(dataset))
-            rows.append(evaluate_real(dataset, hw, device, args.n, path=args.path))
+            rows.append(evaluate_real(dataset, hw, device, args.n, path=args.path, per_class=args.per_class))
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
@@ -145,6 +150,7 @@ def main(argv=None) -> int:
     table = markdown(rows, ("model", "step", "generator", "dataset", "image_size", "n") + METRICS + ("checkpoint",))
     table += "".join(f"\njudge for {d} at {s}: a {j} classifier, held-out accuracy {a:.1%}\n"
                      for d, s, j, a in judges)
+    table += "".join(per_class_markdown(r) for r in rows if "per_class" in r)
     print(table, end="")
     if args.markdown:
         args.markdown.write_text(table)

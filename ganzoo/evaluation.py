@@ -3,6 +3,7 @@ each; the --eval-every callback of the training loop; rows as a markdown table."
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import torch
@@ -31,26 +32,46 @@ def training_evaluator(args, device):
     return lambda sample_fn: s(sample_fn(s.n))
 
 
-def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, seed: int = 0) -> dict:
+def _scores(s: metrics.Scorer, x: torch.Tensor, per_class: bool) -> dict:
+    by_class = {"per_class": s.per_class(x)} if per_class else {}  # first: a stacked set refuses at once
+    return {**s(x), **by_class}
+
+
+def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, seed: int = 0,
+                   per_class: bool = False) -> dict:
     """One row: where, model, step, data, then the metrics of n samples of the model restored
-    from `ckpt` (default n: the data set's, 2,000 for digits and 26,000 for stacked-digits)."""
+    from `ckpt` (default n: the data set's, 2,000 for digits and 26,000 for stacked-digits);
+    per_class: also the same samples class by class (metrics.Scorer.per_class) as "per_class"."""
     cfg = ckpt["config"]
     s = scorer(cfg["dataset"], tuple(cfg["image_size"]), device, cfg.get("path"))
     n = n or s.n
     return {"checkpoint": where, "model": ckpt["model"], "step": ckpt["step"],
             "generator": "G_ema" if model.G_ema is not None else "G",
             "dataset": cfg["dataset"], "image_size": size_str(cfg["image_size"]), "n": n, "path": cfg.get("path"),
-            **s(generate_n(model, n, seed))}
+            **_scores(s, generate_n(model, n, seed), per_class)}
 
 
 def evaluate_real(dataset: str, hw, device=torch.device("cpu"), n: int | None = None, seed: int = 1,
-                  path=None) -> dict:
+                  path=None, per_class: bool = False) -> dict:
     """The sanity row: n real images drawn at random (another draw than the reference's)
     scored against the reference: the best a generator can expect at this n."""
     s = scorer(dataset, tuple(hw), device, path)
     n = n or s.n
     return {"checkpoint": "(real data)", "model": "real data", "step": 0, "dataset": dataset,
-            "image_size": size_str(hw), "n": n, "path": path, **s(s.real(n, seed))}
+            "image_size": size_str(hw), "n": n, "path": path, **_scores(s, s.real(n, seed), per_class)}
+
+
+def per_class_markdown(row: dict) -> str:
+    """A row's "per_class" figures as a table: each class's share of the samples and the
+    confident share among them, each beside the real data's."""
+    head = (f"\nper class, {row['model']} at step {row['step']} ({row['checkpoint']}): the share of samples "
+            f"classified into each class, and the share of those with p >= {metrics.CONFIDENT}, beside the real "
+            f"data's\n\n")
+    lines = ["| class | share | real share | confident | real confident |", "|---|---|---|---|---|"]
+    lines += [f"| {c['class']} | " + " | ".join("-" if math.isnan(c[k]) else f"{c[k]:.3f}"  # NaN: no sample there
+                                               for k in ("share", "real_share", "confident", "real_confident"))
+              + " |" for c in row["per_class"]]
+    return head + "\n".join(lines) + "\n"
 
 
 def fmt(v) -> str:

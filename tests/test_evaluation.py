@@ -3,6 +3,7 @@ weights untouched), and the evaluate.py command line."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import evaluate
@@ -54,6 +55,22 @@ def test_evaluate_cli(tmp_path, judge):
     assert rows[0]["classifier_accuracy"] >= 0.97
     md = (tmp_path / "t.md").read_text()
     assert md.startswith("| model | step | generator | dataset |") and "held-out accuracy" in md and md in r.stdout
+
+
+def test_evaluate_per_class(tmp_path, judge):
+    """--per-class: a table per row after the main one, and the figures in the JSON rows: for
+    the real row the same sizes as its own classes, for a 4-step DCGAN shares that sum to 1."""
+    assert run_main("dcgan", TINY + ["--image-size", "32", "--out", tmp_path / "a"]) == 0
+    r = run_script("evaluate.py", tmp_path / "a", "--real", "--n", "300", "--per-class", "--json", tmp_path / "t.json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "t.json").read_text())
+    for row in rows:
+        assert [c["class"] for c in row["per_class"]] == [str(c) for c in range(10)]
+        assert sum(c["share"] for c in row["per_class"]) == pytest.approx(1.0)
+    fake, real = ({c["class"]: c for c in row["per_class"]} for row in rows)
+    assert [fake[k]["real_share"] for k in fake] == [real[k]["real_share"] for k in real]
+    assert r.stdout.count("| class | share | real share | confident | real confident |") == 2
+    assert "per class, dcgan at step 4" in r.stdout and "per class, real data at step 0" in r.stdout
 
 
 def test_no_ema_scores_g_itself(tmp_path, judge):

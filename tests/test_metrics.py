@@ -167,6 +167,34 @@ def test_stacked_digits_modes(judge):
     assert collapsed["fd"] > 50 * real["fd"] and collapsed["kid"] > 50 * abs(real["kid"])
 
 
+def test_per_class_against_counts_by_hand(judge):
+    """Scorer.per_class: the reference's own images give the real columns back; images of one
+    digit put the shares where the judge's classes are, and the confident share of a class is
+    the share of its samples with p >= 0.9, counted here by hand; a stacked set refuses."""
+    s = metrics.Scorer("digits", HW)
+    x, y = metrics.real_digits(HW)
+    same = s.per_class(x)  # the digits' reference is all 1,797 of them
+    assert [r["class"] for r in same] == [str(c) for c in range(10)]
+    assert all(r["share"] == r["real_share"] and r["confident"] == r["real_confident"] for r in same)
+    assert sum(r["share"] for r in same) == pytest.approx(1.0)
+    ref_cls = s.classify(x)[1]  # the judge's classes of the real images, not their labels
+    assert [r["real_share"] for r in same] == pytest.approx((torch.bincount(ref_cls, minlength=10) / len(x)).tolist())
+    threes = x[y == 3]
+    _, cls, top = s.classify(threes)
+    rows = s.per_class(threes)
+    for c, r in enumerate(rows):
+        mine = cls == c
+        assert r["share"] == pytest.approx(mine.sum().item() / len(threes))
+        if mine.any():
+            assert r["confident"] == pytest.approx((top[mine] >= 0.9).sum().item() / mine.sum().item())
+        else:
+            assert np.isnan(r["confident"])
+    assert rows[3]["share"] > 0.9 and rows[3]["real_share"] == same[3]["real_share"]
+    st = metrics.Scorer("stacked-digits", HW, n=100)
+    with pytest.raises(metrics.UserError, match="1,000 modes"):
+        st.per_class(st.real(10))
+
+
 # ---- the --eval-every hook -------------------------------------------------------------------
 
 
