@@ -28,6 +28,9 @@ Departures from the paper (and choices where it is silent), each named where the
 - On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64), the batch is 64
   and the run 2,000 generator updates, so that it takes minutes on a CPU. The paper gives
   no step count for faces; a folder run defaults to 20,000 updates.
+- On stacked-mnist (three digits in each image, 1,000 modes) the width is the paper's 64: at
+  2,000 updates on development seeds 0 / 1 / 2 it covers 910 / 885 / 884 modes confidently
+  (KL 0.17 / 0.20 / 0.21), width 32 841 / 829 / 799 (KL 0.26 / 0.25 / 0.23), for about twice the time.
 """
 import math
 
@@ -43,7 +46,9 @@ HYPERPARAMETERS = dict(
     batch_size=Hyper(128, small=64, source="DCGAN's"),
     steps=Hyper(20_000, small=2000, source="not in the paper"),  # see the docstring
     z_dim=Hyper(100, source="DCGAN's"),
-    width=Hyper(64, small=32),  # appendix (64x64): encoder (64)4c2s-(128)4c2s-(256)4c2s
+    # appendix (64x64): encoder (64)4c2s-(128)4c2s-(256)4c2s; 32 on the small sets, but the paper's 64 on
+    # stacked-mnist (three digits an image; see the docstring)
+    width=Hyper(64, small=32, sets={"stacked-mnist": 64}),
     g_lr=Hyper(1e-3),  # §4.1: "learning rate 0.001 and Adam ... for both G and D"
     d_lr=Hyper(1e-3),
     optimizer=Hyper("adam"),  # §4.1: Adam
