@@ -59,15 +59,3 @@ def test_discriminator_biases_per_normalisation():
         convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
         assert [c.bias is not None for c in convs] == [False, middle, middle, False], norm
         assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 4), (4, 8), (8, 16), (16, 1)]
-
-
-def test_width_is_64_on_stacked_mnist_only():
-    """The small sets narrow the networks to 32; stacked-mnist keeps the code's 64 (its 1,000
-    modes); an explicit --width wins."""
-    def width(*argv):
-        a = dcgan.build_parser().parse_args(list(argv))
-        resolve_data_args(a)
-        return a.width, a.g_width, a.d_width
-    assert width("--dataset", "stacked-mnist") == (64, 64, 64)
-    assert width("--dataset", "fashion-mnist") == width("--dataset", "stacked-digits") == (32, 32, 32)
-    assert width("--dataset", "stacked-mnist", "--width", "32") == (32, 32, 32)

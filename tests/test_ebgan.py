@@ -181,16 +181,3 @@ def test_resume_is_bitwise_equal_and_sample(tmp_path):
     assert all(torch.equal(wf[k], wh[k]) for k in wf)  # BatchNorm running statistics included
     assert run_main("ebgan", ["--sample", tmp_path / "half", "--n", "4", "--out", tmp_path / "g.png"]) == 0
     assert Image.open(tmp_path / "g.png").size == (2 * 18 + 2, 2 * 18 + 2)
-
-
-def test_width_is_the_papers_on_stacked_mnist_only():
-    """The small sets narrow the networks to 32, but stacked-mnist keeps the paper's 64 (its
-    1,000 modes); an explicit --width wins, and --g-width / --d-width follow --width."""
-    def resolved(*argv):
-        a = ebgan.build_parser().parse_args(list(argv))
-        resolve_data_args(a)
-        return a.width, a.g_width, a.d_width
-    assert resolved("--dataset", "stacked-mnist") == (64, 64, 64)
-    assert resolved("--dataset", "mnist-5k") == resolved("--dataset", "fashion-mnist") == (32, 32, 32)
-    assert resolved("--dataset", "stacked-digits") == (32, 32, 32)
-    assert resolved("--dataset", "stacked-mnist", "--width", "32", "--d-width", "16") == (32, 32, 16)

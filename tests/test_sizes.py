@@ -98,3 +98,25 @@ def test_g_width_and_d_width_set_each_network_alone(model):
         other = build(model, (28, 28), 1, ["--ngf", "8", "--d-width", "4", *extra])
         assert shapes(other.G) == shapes(wide.G) and shapes(other.D) == shapes(narrow.D), (model, extra)
         assert (narrow.args.g_width, narrow.args.d_width) == (4, 4)  # by default both follow --width
+
+
+# Each script's width on stacked-mnist: the small sets' 32, or the paper's 64 where its
+# declaration says so (DCGAN and EBGAN: three digits an image need the wider networks).
+STACKED_WIDTH = {"dcgan": 64, "ebgan": 64}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_width_on_stacked_mnist(name):
+    """stacked-mnist's width is the declared one, the other small sets keep the small value,
+    an explicit --width wins, and --g-width / --d-width follow --width unless given."""
+    mod = importlib.import_module(name)
+    small = mod.HYPERPARAMETERS["width"].small
+
+    def widths(*argv):
+        a = mod.build_parser().parse_args(list(argv))
+        resolve_data_args(a)
+        return a.width, a.g_width, a.d_width
+    w = STACKED_WIDTH.get(name, small)
+    assert widths("--dataset", "stacked-mnist") == (w, w, w)
+    assert widths("--dataset", "fashion-mnist") == widths("--dataset", "stacked-digits") == (small,) * 3
+    assert widths("--dataset", "stacked-mnist", "--width", "8", "--d-width", "4") == (8, 8, 4)
