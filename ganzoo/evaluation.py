@@ -32,11 +32,6 @@ def training_evaluator(args, device):
     return lambda sample_fn: s(sample_fn(s.n))
 
 
-def _scores(s: metrics.Scorer, x: torch.Tensor, per_class: bool) -> dict:
-    by_class = {"per_class": s.per_class(x)} if per_class else {}  # first: a stacked set refuses at once
-    return {**s(x), **by_class}
-
-
 def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, seed: int = 0,
                    per_class: bool = False) -> dict:
     """One row: where, model, step, data, then the metrics of n samples of the model restored
@@ -48,7 +43,7 @@ def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, 
     return {"checkpoint": where, "model": ckpt["model"], "step": ckpt["step"],
             "generator": "G_ema" if model.G_ema is not None else "G",
             "dataset": cfg["dataset"], "image_size": size_str(cfg["image_size"]), "n": n, "path": cfg.get("path"),
-            **_scores(s, generate_n(model, n, seed), per_class)}
+            **s(generate_n(model, n, seed), per_class)}
 
 
 def evaluate_real(dataset: str, hw, device=torch.device("cpu"), n: int | None = None, seed: int = 1,
@@ -58,7 +53,7 @@ def evaluate_real(dataset: str, hw, device=torch.device("cpu"), n: int | None = 
     s = scorer(dataset, tuple(hw), device, path)
     n = n or s.n
     return {"checkpoint": "(real data)", "model": "real data", "step": 0, "dataset": dataset,
-            "image_size": size_str(hw), "n": n, "path": path, **_scores(s, s.real(n, seed), per_class)}
+            "image_size": size_str(hw), "n": n, "path": path, **s(s.real(n, seed), per_class)}
 
 
 def per_class_markdown(row: dict) -> str:

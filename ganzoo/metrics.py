@@ -391,7 +391,11 @@ class Scorer:
             f, cls, top = f.reshape(N, -1), cls.reshape(N, 3), top.reshape(N, 3).min(1).values
         return f, cls, top
 
-    def __call__(self, x: torch.Tensor) -> dict:
+    def __call__(self, x: torch.Tensor, per_class: bool = False) -> dict:
+        """The metrics of the samples x; per_class: also "per_class", the rows of
+        per_class(x) from the same classification."""
+        if per_class:
+            self._refuse_per_class()  # before the costly part
         f, cls, top = self.classify(x)
         sure = top >= CONFIDENT
         if self.stacked:
@@ -407,17 +411,24 @@ class Scorer:
                 "confident": float(sure.float().mean()),
                 "fd": frechet_distance(mu, sigma, *self.ref_stats),
                 "kid": kid(f, self.ref_feats),
-                **prdc(self.ref_feats[:PRDC_N], f[:PRDC_N])}
+                **prdc(self.ref_feats[:PRDC_N], f[:PRDC_N]),
+                **({"per_class": self._by_class(cls, top)} if per_class else {})}
 
     def per_class(self, x: torch.Tensor) -> list[dict]:
         """Where the samples x fall short, class by class (10-class sets only): for each class
         the share of samples classified into it and, among those, the share classified with
         p >= 0.9, beside the same two figures for the reference's real images (as the judge
         classifies them, so that both columns hold the judge's errors alike)."""
+        self._refuse_per_class()
+        return self._by_class(*self.classify(x)[1:])
+
+    def _refuse_per_class(self):
         if self.stacked:
             raise UserError(f"--per-class: {self.dataset} has 1,000 modes, not 10 classes (the modes and "
                             "confident_modes columns count them)")
-        _, cls, top = self.classify(x)
+
+    def _by_class(self, cls: torch.Tensor, top: torch.Tensor) -> list[dict]:
+        """per_class()'s rows from the samples' classes (N,) and top probabilities (N,)."""
         names = CLASS_NAMES.get(self.dataset, tuple(str(c) for c in range(10)))
         rows = []
         for c, name in enumerate(names):

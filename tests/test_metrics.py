@@ -176,6 +176,7 @@ def test_per_class_against_counts_by_hand(judge):
     same = s.per_class(x)  # the digits' reference is all 1,797 of them
     assert [r["class"] for r in same] == [str(c) for c in range(10)]
     assert all(r["share"] == r["real_share"] and r["confident"] == r["real_confident"] for r in same)
+    assert s(x, per_class=True)["per_class"] == same  # the scorer's row: one classification, the same rows
     assert sum(r["share"] for r in same) == pytest.approx(1.0)
     ref_cls = s.classify(x)[1]  # the judge's classes of the real images, not their labels
     assert [r["real_share"] for r in same] == pytest.approx((torch.bincount(ref_cls, minlength=10) / len(x)).tolist())
@@ -193,6 +194,8 @@ def test_per_class_against_counts_by_hand(judge):
     st = metrics.Scorer("stacked-digits", HW, n=100)
     with pytest.raises(metrics.UserError, match="1,000 modes"):
         st.per_class(st.real(10))
+    with pytest.raises(metrics.UserError, match="1,000 modes"):
+        st(st.real(10), per_class=True)
 
 
 # ---- the --eval-every hook -------------------------------------------------------------------
