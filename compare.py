@@ -22,13 +22,16 @@ checkpoint of each run is evaluated (no picking), then:
 unless set) or, with several GPUs, each on its own GPU in turn. Interrupted, the same
 command continues: finished runs (checkpoint at --steps) are not
 redone, an unfinished run resumes from its checkpoint, and evaluations are kept in each
-run's eval.json.
+run's eval.json. A run in OUT trained with other settings than the command gives now (a
+script's default changed since, or other flags after --) is refused in one line before any
+training, so that a table never mixes runs of old and new defaults.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -42,7 +45,7 @@ import torch
 
 from evaluate import evaluate_checkpoint, load_model
 from ganzoo import metrics
-from ganzoo.checkpoint import CHECKPOINT, load_checkpoint
+from ganzoo.checkpoint import CHECKPOINT, load_checkpoint, plain, upgrade_config
 from ganzoo.cli import HelpFormatter, image_size, positive_int, size_str
 from ganzoo.data import LABELLED, default_image_size, load_data, resolve_data_args
 from ganzoo.errors import UserError
@@ -97,6 +100,35 @@ def run_step(run_dir: Path, model: str) -> int | None:
     return int(load_checkpoint(run_dir, model)[0]["step"])
 
 
+def fresh_command(seed: int, run_dir: Path, args, script_args) -> list[str]:
+    """A script's flags for a new run of this comparison."""
+    return [*map(str, ["--dataset", args.dataset, *(["--path", args.path] if args.path else []),
+                       "--image-size", size_str(args.image_size), "--steps", args.steps, "--seed", seed,
+                       "--out", run_dir, "--device", args.device]), *script_args]
+
+
+# What a run trained with that the comparison holds fixed, besides the model's own hyperparameters
+# (--steps aside: a resume extends it).
+SETTINGS = ("dataset", "image_size", "seed", "g_width", "d_width", "limit", "augment", "augment_p", "lr_decay", "ema")
+
+
+def check_settings(model: str, seed: int, run_dir: Path, args, script_args) -> None:
+    """A run already in --out must have the settings a new run of this command would get now:
+    a default changed since (a script's width on a data set, say) or other flags after -- would
+    otherwise put old runs into a new table. Raises UserError naming the first difference."""
+    if not (run_dir / CHECKPOINT).is_file():
+        return
+    mod = importlib.import_module(model)
+    now = mod.build_parser().parse_args(fresh_command(seed, run_dir, args, script_args))
+    resolve_data_args(now)
+    then = upgrade_config(dict(load_checkpoint(run_dir, model)[0]["config"]), mod.HYPERPARAMETERS)
+    for k in [*(k for k in mod.HYPERPARAMETERS if k != "steps"), *SETTINGS]:
+        if k in then and plain(getattr(now, k)) != then[k]:
+            flag = "--" + k.replace("_", "-")
+            raise UserError(f"{run_dir} was trained with {flag} {then[k]}, where a new run would get {plain(getattr(now, k))} "
+                            f"(a changed default, or other flags after --); use another --out, or remove the run")
+
+
 def train(model: str, seed: int, run_dir: Path, args, script_args, env=None) -> str | None:
     """Train (or resume, or skip) one run; returns None when it reached --steps, else why not."""
     step = run_step(run_dir, model)
@@ -105,9 +137,7 @@ def train(model: str, seed: int, run_dir: Path, args, script_args, env=None) -> 
     if step == args.steps:
         return None
     if step is None:
-        cmd = ["--dataset", args.dataset, *(["--path", args.path] if args.path else []),
-               "--image-size", size_str(args.image_size),
-               "--steps", args.steps, "--seed", seed, "--out", run_dir, "--device", args.device, *script_args]
+        cmd = fresh_command(seed, run_dir, args, script_args)
     else:
         cmd = ["--resume", run_dir, "--steps", args.steps, "--device", args.device]
     cmd = [sys.executable, str(ROOT / f"{model}.py"), "--no-progress", *map(str, cmd)]
@@ -255,6 +285,8 @@ def train_all(args, script_args) -> list[dict]:
     """Every (model, seed) run trained, resumed or skipped, --jobs at a time."""
     todo = [(model, seed, args.out / model / f"seed{seed}") for model in args.models
             for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    for model, seed, run_dir in todo:  # before any training: a stale run fails the command at once
+        check_settings(model, seed, run_dir, args, script_args)
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(train, model, seed, run_dir, args, script_args, job_env(i, args.jobs))
                    for i, (model, seed, run_dir) in enumerate(todo)]

@@ -68,3 +68,27 @@ def test_tiny_comparison_resumes_writes_results_and_skips(tmp_path, capsys):
     assert compare.main(argv) == 0
     assert "training" not in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["models"] == res["models"]
+
+
+def test_a_run_of_other_settings_is_refused_before_any_training(tmp_path, capsys):
+    """A run in --out whose settings are not what the command gives now (here: another width
+    after --, as a changed default would be) is refused in one line, exit 2, and left as it was;
+    the same settings pass the check."""
+    out = tmp_path / "cmp"
+    run = out / "dcgan" / "seed1"
+    assert run_main("dcgan", ["--dataset", "digits", "--image-size", "32", "--steps", "1", "--seed", "1",
+                              "--no-progress", "--out", run, *TINY_SCRIPT]) == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    argv = ["--models", "dcgan", "lsgan", "--dataset", "digits", "--steps", "2", "--seeds", "1", "--first-seed", "1",
+            "--out", str(out), "--train-only", "--"]
+    capsys.readouterr()
+    assert compare.main(argv + [*TINY_SCRIPT[:1], "8", *TINY_SCRIPT[2:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was trained with --width 4, where a new run would get 8" in err
+    assert "training" not in err and not (out / "lsgan").exists()  # nothing started, not even the other model
+    assert (run / "checkpoint.pt").read_bytes() == before
+    args = compare.build_parser().parse_args(argv[:-1])
+    args.image_size = (32, 32)
+    compare.check_settings("dcgan", 1, run, args, TINY_SCRIPT)  # the settings it was trained with: no error
+    with pytest.raises(compare.UserError, match="--seed 1, where a new run would get 2"):
+        compare.check_settings("dcgan", 2, run, args, TINY_SCRIPT)
