@@ -101,8 +101,8 @@ def test_g_width_and_d_width_set_each_network_alone(model):
 
 
 # Each script's width on stacked-mnist: the small sets' 32, or the paper's 64 where its
-# declaration says so (DCGAN and EBGAN: three digits an image need the wider networks).
-STACKED_WIDTH = {"dcgan": 64, "ebgan": 64}
+# declaration says so (DCGAN, EBGAN, WGAN-GP: three digits an image need the wider networks).
+STACKED_WIDTH = {"dcgan": 64, "ebgan": 64, "wgan_gp": 64}
 
 
 @pytest.mark.parametrize("name", MODELS)
