@@ -123,9 +123,10 @@ def check_settings(model: str, seed: int, run_dir: Path, args, script_args) -> N
     resolve_data_args(now)
     then = upgrade_config(dict(load_checkpoint(run_dir, model)[0]["config"]), mod.HYPERPARAMETERS)
     for k in [*(k for k in mod.HYPERPARAMETERS if k != "steps"), *SETTINGS]:
-        if k in then and plain(getattr(now, k)) != then[k]:
+        value = plain(getattr(now, k))  # None: a default the model derives when it is built (EBGAN's margin)
+        if k in then and value is not None and value != then[k]:
             flag = "--" + k.replace("_", "-")
-            raise UserError(f"{run_dir} was trained with {flag} {then[k]}, where a new run would get {plain(getattr(now, k))} "
+            raise UserError(f"{run_dir} was trained with {flag} {then[k]}, where a new run would get {value} "
                             f"(a changed default, or other flags after --); use another --out, or remove the run")
 
 

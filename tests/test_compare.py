@@ -92,3 +92,16 @@ def test_a_run_of_other_settings_is_refused_before_any_training(tmp_path, capsys
     compare.check_settings("dcgan", 1, run, args, TINY_SCRIPT)  # the settings it was trained with: no error
     with pytest.raises(compare.UserError, match="--seed 1, where a new run would get 2"):
         compare.check_settings("dcgan", 2, run, args, TINY_SCRIPT)
+
+
+def test_a_derived_default_is_not_a_difference(tmp_path):
+    """EBGAN's margin is derived when the model is built (the parser leaves it None): a run of
+    the same command is not refused for it."""
+    run = tmp_path / "ebgan" / "seed1"
+    assert run_main("ebgan", ["--dataset", "digits", "--image-size", "32", "--steps", "1", "--seed", "1",
+                              "--no-progress", "--out", run, *TINY_SCRIPT]) == 0
+    args = compare.build_parser().parse_args(["--dataset", "digits", "--steps", "2", "--out", str(tmp_path)])
+    args.image_size = (32, 32)
+    compare.check_settings("ebgan", 1, run, args, TINY_SCRIPT)
+    with pytest.raises(compare.UserError, match="--width 4, where a new run would get 8"):
+        compare.check_settings("ebgan", 1, run, args, ["--width", "8", *TINY_SCRIPT[2:]])
