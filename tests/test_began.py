@@ -78,7 +78,7 @@ def test_paper_values_on_a_folder_and_departures_on_the_digits():
     assert (folder.pt_weight, digits.pt_weight) == (0.0, 0.3)  # the pull-away term: a small-data departure
     stacked = p.parse_args(["--dataset", "stacked-mnist"])
     resolve_data_args(stacked)
-    assert (stacked.pt_weight, stacked.gamma, stacked.g_lr, stacked.d_lr, stacked.h_dim) == (0.0, 1.0, 3e-4, 3e-4, 16)
+    assert (stacked.pt_weight, stacked.gamma, stacked.g_lr, stacked.d_lr, stacked.h_dim) == (0.0, 1.0, 3e-4, 3e-4, 64)
     fashion = p.parse_args(["--dataset", "fashion-mnist"])
     resolve_data_args(fashion)
     assert (fashion.gamma, fashion.pt_weight, fashion.h_dim) == (0.75, 0.3, 16)  # garments: a lower γ
