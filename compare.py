@@ -4,6 +4,7 @@
     python compare.py --models dcgan lsgan --steps 2000 --seeds 3 --out runs/cmp
     python compare.py --models dcgan wgan -- --eval-every 500             # flags after -- go to every script
     python compare.py --dataset fashion-mnist --steps 2000 --jobs 2       # two trainings at once
+    python compare.py --steps 4000 --from runs/compare/stacked-digits-32-2000steps  # continue shorter runs
 
 Each script is run as a user would (python X.py --dataset D --image-size S --steps N --seed k
 --out OUT/X/seed<k> --no-progress, output in OUT/X/seed<k>/train.log): the same data,
@@ -25,6 +26,12 @@ redone, an unfinished run resumes from its checkpoint, and evaluations are kept 
 run's eval.json. A run in OUT trained with other settings than the command gives now (a
 script's default changed since, or other flags after --) is refused in one line before any
 training, so that a table never mixes runs of old and new defaults.
+
+--from OLD copies each run of an earlier comparison (OLD/X/seed<k>, same settings, fewer
+steps) that OUT has not got yet into OUT, where it resumes: a 4,000-update table then
+trains only the second halves of a 2,000-update one's runs, and OLD is left as it was.
+Tables and galleries list the models in the order above (dcgan ... began), whatever the
+order of --models.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +87,9 @@ def build_parser():
                    help="for training and evaluation")
     p.add_argument("--gallery-n", type=positive_int, default=12, help="samples per gallery row")
     p.add_argument("--jobs", type=positive_int, default=1, help="trainings run at once")
+    p.add_argument("--from", dest="from_out", type=Path, default=None, metavar="OLD",
+                   help="an earlier comparison's folder: its runs (same settings, fewer steps) are copied into "
+                        "--out and resumed instead of trained from step 0; OLD is not changed")
     p.add_argument("--train-only", action="store_true", help="train (or resume) the runs and score nothing")
     return p
 
@@ -282,12 +293,37 @@ def job_env(i: int, jobs: int) -> dict | None:
     return env
 
 
+def copy_from(todo, args, script_args) -> None:
+    """--from: each run of the earlier comparison that --out lacks is checked (its settings, a
+    step no later than --steps), all before any is copied, then copied into --out. The checkpoint
+    is copied last and renamed into place, so an interrupted copy is a run that has none yet."""
+    if not args.from_out.is_dir():
+        raise UserError(f"--from {args.from_out}: no such folder (an earlier comparison's --out)")
+    copies = []
+    for model, seed, run_dir in todo:
+        old = args.from_out / model / f"seed{seed}"
+        if (run_dir / CHECKPOINT).is_file() or not (old / CHECKPOINT).is_file() or old.resolve() == run_dir.resolve():
+            continue
+        step = run_step(old, model)
+        if step > args.steps:
+            raise UserError(f"--from {old} is at step {step}, past --steps {args.steps}")
+        check_settings(model, seed, old, args, script_args)
+        copies.append((model, seed, old, run_dir, step))
+    for model, seed, old, run_dir, step in copies:
+        shutil.copytree(old, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CHECKPOINT, "eval.json"))
+        shutil.copyfile(old / CHECKPOINT, run_dir / (CHECKPOINT + ".part"))
+        os.replace(run_dir / (CHECKPOINT + ".part"), run_dir / CHECKPOINT)
+        print(f"{model} seed {seed}: copied at step {step} from {old}", file=sys.stderr, flush=True)
+
+
 def train_all(args, script_args) -> list[dict]:
     """Every (model, seed) run trained, resumed or skipped, --jobs at a time."""
     todo = [(model, seed, args.out / model / f"seed{seed}") for model in args.models
             for seed in range(args.first_seed, args.first_seed + args.seeds)]
     for model, seed, run_dir in todo:  # before any training: a stale run fails the command at once
         check_settings(model, seed, run_dir, args, script_args)
+    if args.from_out:
+        copy_from(todo, args, script_args)
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(train, model, seed, run_dir, args, script_args, job_env(i, args.jobs))
                    for i, (model, seed, run_dir) in enumerate(todo)]
@@ -308,6 +344,7 @@ def main(argv=None) -> int:
     own, script_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = build_parser()
     args = parser.parse_args(own)
+    args.models = [m for m in MODELS if m in args.models]  # the table's order, whatever the command's
     args.image_size = tuple(args.image_size or default_image_size(args.dataset))
     hw = args.image_size
     args.out = args.out or Path("runs/compare") / f"{args.dataset}-{size_str(hw)}-{args.steps}steps"

@@ -105,3 +105,34 @@ def test_a_derived_default_is_not_a_difference(tmp_path):
     compare.check_settings("ebgan", 1, run, args, TINY_SCRIPT)
     with pytest.raises(compare.UserError, match="--width 4, where a new run would get 8"):
         compare.check_settings("ebgan", 1, run, args, ["--width", "8", *TINY_SCRIPT[2:]])
+
+
+def test_from_copies_an_earlier_comparisons_runs_and_resumes_them(tmp_path, capsys):
+    """--from OLD: a run OLD has (fewer steps, same settings) is copied into --out and resumed,
+    OLD unchanged; a run of other settings or past --steps is refused in one line before
+    anything is copied; the models run (and are listed) in the canonical order."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert run_main("dcgan", ["--dataset", "digits", "--image-size", "32", "--steps", "1", "--seed", "1",
+                              "--no-progress", "--out", old / "dcgan" / "seed1", *TINY_SCRIPT]) == 0
+    before = (old / "dcgan" / "seed1" / "checkpoint.pt").read_bytes()
+    argv = ["--models", "lsgan", "dcgan", "--dataset", "digits", "--steps", "2", "--seeds", "1", "--first-seed", "1",
+            "--train-only", "--from", str(old), "--out", str(new), "--"]
+    capsys.readouterr()
+    assert compare.main(argv + ["--width", "8", *TINY_SCRIPT[2:]]) == 2  # OLD's run has --width 4
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was trained with --width 4, where a new run would get 8" in err
+    assert not new.exists()
+    assert compare.main(argv + TINY_SCRIPT) == 0
+    err = capsys.readouterr().err
+    assert "dcgan seed 1: copied at step 1 from" in err and "dcgan seed 1: training 1 -> 2" in err
+    assert err.index("dcgan seed 1: training") < err.index("lsgan seed 1: training 0 -> 2")
+    rows = [json.loads(l) for l in (new / "dcgan" / "seed1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # the copied history, then the resumed step
+    assert compare.run_step(new / "dcgan" / "seed1", "dcgan") == 2 and not list(new.rglob("*.part"))
+    assert (old / "dcgan" / "seed1" / "checkpoint.pt").read_bytes() == before and not (old / "lsgan").exists()
+    # NEW's runs (now at step 2) as --from of a 1-step comparison: past --steps, refused
+    assert compare.main(["--models", "dcgan", "--dataset", "digits", "--steps", "1", "--seeds", "1",
+                         "--first-seed", "1", "--train-only", "--from", str(new), "--out", str(tmp_path / "third"),
+                         "--", *TINY_SCRIPT]) == 2
+    assert "is at step 2, past --steps 1" in capsys.readouterr().err
+    assert not (tmp_path / "third").exists()
