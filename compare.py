@@ -123,29 +123,34 @@ def fresh_command(seed: int, run_dir: Path, args, script_args) -> list[str]:
 SETTINGS = ("dataset", "image_size", "seed", "g_width", "d_width", "limit", "augment", "augment_p", "lr_decay", "ema")
 
 
-def check_settings(model: str, seed: int, run_dir: Path, args, script_args) -> None:
-    """A run already in --out must have the settings a new run of this command would get now:
-    a default changed since (a script's width on a data set, say) or other flags after -- would
-    otherwise put old runs into a new table. Raises UserError naming the first difference."""
+def check_settings(model: str, seed: int, run_dir: Path, args, script_args) -> int | None:
+    """A run already in --out (or in --from) must be no further than --steps and have the
+    settings a new run of this command would get now: a default changed since (a script's width
+    on a data set, say) or other flags after -- would otherwise put old runs into a new table.
+    Raises UserError naming the first difference; returns the run's step (None: no checkpoint)."""
     if not (run_dir / CHECKPOINT).is_file():
-        return
+        return None
+    ckpt = load_checkpoint(run_dir, model)[0]
+    step = int(ckpt["step"])
+    if step > args.steps:
+        raise UserError(f"{run_dir} is at step {step}, past --steps {args.steps} (a longer comparison's run); "
+                        "give that --steps, or another --out")
     mod = importlib.import_module(model)
     now = mod.build_parser().parse_args(fresh_command(seed, run_dir, args, script_args))
     resolve_data_args(now)
-    then = upgrade_config(dict(load_checkpoint(run_dir, model)[0]["config"]), mod.HYPERPARAMETERS)
+    then = upgrade_config(dict(ckpt["config"]), mod.HYPERPARAMETERS)
     for k in [*(k for k in mod.HYPERPARAMETERS if k != "steps"), *SETTINGS]:
         value = plain(getattr(now, k))  # None: a default the model derives when it is built (EBGAN's margin)
         if k in then and value is not None and value != then[k]:
             flag = "--" + k.replace("_", "-")
             raise UserError(f"{run_dir} was trained with {flag} {then[k]}, where a new run would get {value} "
                             f"(a changed default, or other flags after --); use another --out, or remove the run")
+    return step
 
 
 def train(model: str, seed: int, run_dir: Path, args, script_args, env=None) -> str | None:
     """Train (or resume, or skip) one run; returns None when it reached --steps, else why not."""
-    step = run_step(run_dir, model)
-    if step is not None and step > args.steps:
-        raise UserError(f"{run_dir} holds a run at step {step}, past --steps {args.steps}; use another --out")
+    step = run_step(run_dir, model)  # check_settings has refused one past --steps
     if step == args.steps:
         return None
     if step is None:
@@ -294,21 +299,20 @@ def job_env(i: int, jobs: int) -> dict | None:
 
 
 def copy_from(todo, args, script_args) -> None:
-    """--from: each run of the earlier comparison that --out lacks is checked (its settings, a
-    step no later than --steps), all before any is copied, then copied into --out. The checkpoint
-    is copied last and renamed into place, so an interrupted copy is a run that has none yet."""
+    """--from: each run of the earlier comparison that --out lacks is checked (check_settings:
+    its settings, a step no later than --steps), all before any is copied, then copied into
+    --out. The checkpoint is copied last and renamed into place, so an interrupted copy is a
+    run that has none yet."""
     if not args.from_out.is_dir():
         raise UserError(f"--from {args.from_out}: no such folder (an earlier comparison's --out)")
     copies = []
     for model, seed, run_dir in todo:
         old = args.from_out / model / f"seed{seed}"
-        if (run_dir / CHECKPOINT).is_file() or not (old / CHECKPOINT).is_file() or old.resolve() == run_dir.resolve():
+        if (run_dir / CHECKPOINT).is_file() or old.resolve() == run_dir.resolve():
             continue
-        step = run_step(old, model)
-        if step > args.steps:
-            raise UserError(f"--from {old} is at step {step}, past --steps {args.steps}")
-        check_settings(model, seed, old, args, script_args)
-        copies.append((model, seed, old, run_dir, step))
+        step = check_settings(model, seed, old, args, script_args)
+        if step is not None:
+            copies.append((model, seed, old, run_dir, step))
     for model, seed, old, run_dir, step in copies:
         shutil.copytree(old, run_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(CHECKPOINT, "eval.json"))
         shutil.copyfile(old / CHECKPOINT, run_dir / (CHECKPOINT + ".part"))

@@ -136,3 +136,8 @@ def test_from_copies_an_earlier_comparisons_runs_and_resumes_them(tmp_path, caps
                          "--", *TINY_SCRIPT]) == 2
     assert "is at step 2, past --steps 1" in capsys.readouterr().err
     assert not (tmp_path / "third").exists()
+    # the same run in --out itself: refused the same way, before anything trains
+    assert compare.main(["--models", "lsgan", "dcgan", "--dataset", "digits", "--steps", "1", "--seeds", "1",
+                         "--first-seed", "1", "--train-only", "--out", str(new), "--", *TINY_SCRIPT]) == 2
+    err = capsys.readouterr().err
+    assert "is at step 2, past --steps 1" in err and "training" not in err
