@@ -24,6 +24,9 @@ Departures from the paper, each named where the code has it:
   another clip value and Adam did worse).
   On any other data the paper's values are used; the paper gives no step count, so a folder
   run defaults to 100,000 generator updates.
+- On fashion-mnist the run is 6,000 generator updates: the fewest thousands at which
+  the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
+  how many updates a run takes").
 - The critic's parameters are clipped after each critic update, as Algorithm 1 says; the
   authors' code clips before each one (so its generator sees a critic one update past its
   last clip).
@@ -38,7 +41,7 @@ import common
 Hyper = common.Hyper
 HYPERPARAMETERS = dict(
     batch_size=Hyper(64),  # Algorithm 1: m = 64
-    steps=Hyper(100_000, small=1000, source="not in the paper"),  # see the docstring
+    steps=Hyper(100_000, small=1000, sets={"fashion-mnist": 6000}, source="not in the paper"),  # see the docstring
     z_dim=Hyper(100, source="the authors' code"),  # nz = 100, z ~ N(0, I)
     width=Hyper(64, small=32, source="the authors' code"),  # ngf = ndf = 64 (the DCGAN generator and critic)
     # Algorithm 1: alpha = 0.00005 (RMSProp); the small sets and stacked-mnist: see the docstring
