@@ -22,7 +22,7 @@ Departures from the paper, each named where the code has it:
   2,000 generator updates, so that it takes minutes on a CPU. On any other data the
   paper's width is used; the paper gives no step count for faces, so a folder run defaults
   to 20,000 updates (about 13 CelebA epochs at batch 128).
-- On fashion-mnist the run is 4,000 generator updates: the fewest thousands at which
+- On fashion-mnist the run is 4,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
   the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
   how many updates a run takes").
 - On stacked-mnist (three digits in each image, 1,000 modes) the width is the code's 64: at

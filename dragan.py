@@ -33,7 +33,7 @@ Departures from the paper, each named where the code has it:
   Fashion-MNIST (D(x) ≈ D(G(z)) ≈ 0.5 at 2,000 updates; striped shirts, KL 0.45, FD 48 on
   seed 0); 4e-4 gave KL 0.09-0.10 and FD 18-22 there on seeds 0-2, and on the digits KL
   0.04-0.07, FD 2-3 (README: "DRAGAN on the small data sets").
-- On fashion-mnist the run is 6,000 generator updates: the fewest thousands at which
+- On fashion-mnist the run is 6,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
   the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
   how many updates a run takes").
 """

@@ -28,7 +28,7 @@ Departures from the paper (and choices where it is silent), each named where the
 - On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64), the batch is 64
   and the run 2,000 generator updates, so that it takes minutes on a CPU. The paper gives
   no step count for faces; a folder run defaults to 20,000 updates.
-- On fashion-mnist the run is 4,000 generator updates: the fewest thousands at which
+- On fashion-mnist the run is 4,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
   the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
   how many updates a run takes").
 - On stacked-mnist (three digits in each image, 1,000 modes) the width is the paper's 64: at

@@ -17,7 +17,7 @@ Departures from the paper, each named where the code has it:
 - On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is
   2,500 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
   a folder run defaults to 20,000 updates.
-- On fashion-mnist the run is 6,000 generator updates: the fewest thousands at which
+- On fashion-mnist the run is 6,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
   the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
   how many updates a run takes").
 - Both learning rates are 0.001, the authors' rate for LSUN scenes (train_lsun.py), on every

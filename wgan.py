@@ -24,7 +24,7 @@ Departures from the paper, each named where the code has it:
   another clip value and Adam did worse).
   On any other data the paper's values are used; the paper gives no step count, so a folder
   run defaults to 100,000 generator updates.
-- On fashion-mnist the run is 6,000 generator updates: the fewest thousands at which
+- On fashion-mnist the run is 6,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
   the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
   how many updates a run takes").
 - The critic's parameters are clipped after each critic update, as Algorithm 1 says; the

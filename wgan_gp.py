@@ -29,7 +29,7 @@ Departures from the paper, each named where the code has it:
 - On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is 600
   generator updates, so that it takes minutes on a CPU. On any other data the authors'
   values are used: 200,000 generator updates, as in their code.
-- On fashion-mnist the run is 4,000 generator updates: the fewest thousands at which
+- On fashion-mnist the run is 4,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
   the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
   how many updates a run takes").
 - On stacked-mnist (three digits in each image, 1,000 modes) the width is the authors' 64: at
