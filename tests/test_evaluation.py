@@ -81,13 +81,18 @@ def test_no_ema_scores_g_itself(tmp_path, judge):
     ema = evaluate.evaluate_checkpoint(tmp_path / "r", n=300)
     raw = evaluate.evaluate_checkpoint(tmp_path / "r", n=300, ema=False)
     assert (ema["generator"], raw["generator"]) == ("G_ema", "G")
-    assert ema["fd"] != raw["fd"]
+    # the same figure up to float noise: on a CPU with AMX, another process's bf16 samples can
+    # differ in the last bits (FD 115.57266711 against 115.57266690, 2026-12-03), where another
+    # network's FD differs in the first digits
+    same = dict(rel=1e-6)
+    assert ema["fd"] != pytest.approx(raw["fd"], **same)
     # G of the --ema run is the G of the same run without it (the average only shadows it)
     plain = evaluate.evaluate_checkpoint(tmp_path / "plain", n=300)
-    assert plain["generator"] == "G" and plain["fd"] == raw["fd"]
+    assert plain["generator"] == "G" and plain["fd"] == pytest.approx(raw["fd"], **same)
     r = run_script("evaluate.py", tmp_path / "r", "--no-ema", "--n", "300", "--json", tmp_path / "t.json")
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "t.json").read_text())[0]["fd"] == raw["fd"] and "| G |" in r.stdout
+    assert json.loads((tmp_path / "t.json").read_text())[0]["fd"] == pytest.approx(raw["fd"], **same)
+    assert "| G |" in r.stdout
 
 
 def test_evaluate_bad_input(tmp_path, capsys, judge):
