@@ -44,7 +44,8 @@ import common
 Hyper = common.Hyper
 HYPERPARAMETERS = dict(
     batch_size=Hyper(128),  # "mini-batch stochastic gradient descent with a mini-batch size of 128"
-    steps=Hyper(20_000, small=2000, sets={"fashion-mnist": 4000, "stacked-mnist": 6000}, source="not in the paper"),  # see the docstring
+    steps=Hyper(20_000, small=2000, sets={"fashion-mnist": 4000, "stacked-mnist": 6000},
+                source="not in the paper"),  # see the docstring
     z_dim=Hyper(100),       # Fig. 1: a 100-dimensional uniform distribution Z (the authors' code: N(0, I))
     # ngf = ndf = 64; 32 on the small sets, but 64 on stacked-mnist (three digits an image; see the docstring)
     width=Hyper(64, small=32, sets={"stacked-mnist": 64}, source="the authors' code"),

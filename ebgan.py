@@ -36,7 +36,8 @@ Departures from the paper (and choices where it is silent), each named where the
   (KL 0.17 / 0.20 / 0.21), width 32 841 / 829 / 799 (KL 0.26 / 0.25 / 0.23), for about twice the time.
   The run there is 4,000 generator updates: the fewest of 2,000, 4,000 at which the development
   seeds all covered >= 900 modes confidently (940 / 948 / 929 at 4,000, KL 0.16 / 0.18 / 0.21;
-  906 / 901 / 889 at 2,000; README: "Stacked MNIST: how many updates a run takes").
+  906 / 901 / 889 at 2,000 in these runs, on another machine than the figures above; README:
+  "Stacked MNIST: how many updates a run takes").
 """
 import math
 
@@ -50,7 +51,8 @@ Hyper = common.Hyper
 HYPERPARAMETERS = dict(
     # not stated for EBGAN; DCGAN's 128 (§4.3: "under the same configuration")
     batch_size=Hyper(128, small=64, source="DCGAN's"),
-    steps=Hyper(20_000, small=2000, sets={"fashion-mnist": 4000, "stacked-mnist": 4000}, source="not in the paper"),  # see the docstring
+    steps=Hyper(20_000, small=2000, sets={"fashion-mnist": 4000, "stacked-mnist": 4000},
+                source="not in the paper"),  # see the docstring
     z_dim=Hyper(100, source="DCGAN's"),
     # appendix (64x64): encoder (64)4c2s-(128)4c2s-(256)4c2s; 32 on the small sets, but the paper's 64 on
     # stacked-mnist (three digits an image; see the docstring)

@@ -60,7 +60,7 @@ import kernels
 Hyper = common.Hyper
 HYPERPARAMETERS = dict(
     batch_size=Hyper(64),  # Algorithm 1's m; the authors' code: BATCH_SIZE = 64
-    # ITERS = 200000 generator iterations; the small sets and fashion-mnist: see the docstring
+    # ITERS = 200000 generator iterations; the small sets, fashion-mnist and stacked-mnist: see the docstring
     steps=Hyper(200_000, small=600, sets={"fashion-mnist": 3000, "stacked-mnist": 4000}, source="the authors' code"),
     z_dim=Hyper(128, source="the authors' code"),  # noise = tf.random_normal([n_samples, 128])
     # DIM = 64; 32 on the small sets, but 64 on stacked-mnist (three digits an image; see the docstring)
