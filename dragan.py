@@ -35,11 +35,11 @@ Departures from the paper, each named where the code has it:
   0.04-0.07, FD 2-3 (README: "DRAGAN on the small data sets").
 - On fashion-mnist the run is 6,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
   the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
-  how many updates a run takes"). On stacked-mnist it is 12,000: the fewest of 2,000, 4,000,
-  ... at which seeds 0-2 all covered >= 900 of the 1,000 modes confidently (927 / 925 / 938 at
-  one thread; 911 / 921 / 917 at 10,000, but seed 0's default run at two threads, whose bf16
-  rounding differs, gave 885 at 10,000 and 913 at 12,000; README: "Stacked MNIST: how many
-  updates a run takes").
+  how many updates a run takes"). On stacked-mnist it is 12,000, one step past the rule's
+  10,000 (the fewest of 2,000, 4,000, ... at which seeds 0-2 all covered >= 900 of the 1,000
+  modes confidently: 911 / 921 / 917 at one thread): seed 0's default run at two threads, whose
+  bf16 rounding differs, gave 885 at 10,000 and 913 at 12,000, where the one-thread runs gave
+  927 / 925 / 938 (README: "Stacked MNIST: how many updates a run takes").
 """
 import math
 
