@@ -36,6 +36,7 @@ import copy
 import functools
 import hashlib
 import os
+import sys
 
 import numpy as np
 import torch
@@ -190,11 +191,14 @@ def fit(x, y, x_test, y_test, seed: int, epochs: int, widths=(16, 32, 64)) -> tu
 
 
 def train_classifier(hw, seed: int = CLASSIFIER_SEED, epochs: int | None = None, source: str = "digits",
-                     path=None) -> tuple[DigitNet, float]:
+                     path=None, say: str | None = None) -> tuple[DigitNet, float]:
     """The judge of `source` at size hw, trained on its training split; returns the network
-    and its held-out accuracy."""
+    and its held-out accuracy. `say`, if given, goes to stderr once the data has loaded (so
+    that a bad data set still ends with its one error line), before the minutes of fitting."""
     widths, default_epochs = JUDGES[source]
     x, y, xt, yt = judge_data(source, tuple(hw), path, seed)
+    if say:
+        print(say, file=sys.stderr)
     return fit(x, y, xt, yt, seed, epochs or default_epochs, widths)
 
 
@@ -215,7 +219,9 @@ def classifier(hw, seed: int = CLASSIFIER_SEED, source: str = "digits", path=Non
             return net.eval(), float(saved["accuracy"])
         except Exception:  # noqa: BLE001 - a torn or foreign file is replaced below
             pass
-    net, acc = train_classifier(hw, seed, source=source, path=path)
+    say = (f"judge: training the {source} judge at {size_str(hw)} once (minutes on a CPU for "
+           f"the larger sets); later runs load it from {path_}")
+    net, acc = train_classifier(hw, seed, source=source, path=path, say=say)
     path_.parent.mkdir(parents=True, exist_ok=True)
     tmp = path_.with_name(f"{path_.name}.{os.getpid()}.tmp")
     torch.save({"net": net.state_dict(), "accuracy": acc, "version": VERSION, "data": key}, tmp)

@@ -234,10 +234,12 @@ def test_prdc_of_a_set_against_itself_and_a_far_one():
 
 # ---- judges of the other labelled sets (tiny files the tests write) --------------------------
 
-def test_a_judge_for_an_idx_data_set_trains_caches_and_scores(tmp_path, monkeypatch):
+def test_a_judge_for_an_idx_data_set_trains_caches_and_scores(tmp_path, monkeypatch, capsys):
     """On a tiny Fashion-MNIST-format folder: the judge trains on the training split, measures
-    its accuracy on the test split, is cached under a key of the files' content, and a Scorer
-    scores real and collapsed images with every metric."""
+    its accuracy on the test split, is cached under a key of the files' content, says so in
+    one stderr line while it trains (minutes on real data: a first evaluate.py must not look
+    hung) and nothing when it loads, and a Scorer scores real and collapsed images with every
+    metric."""
     from test_data import write_mnist_dir
     monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
     root = write_mnist_dir(tmp_path / "fm", n=60, n_test=20)
@@ -246,8 +248,13 @@ def test_a_judge_for_an_idx_data_set_trains_caches_and_scores(tmp_path, monkeypa
     assert 0 <= acc <= 1 and net.features[0].in_channels == 1
     files = list((tmp_path / "cache").glob("judge-fashion-mnist-*-v1-28-seed0.pt"))
     assert len(files) == 1
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.splitlines() == [
+        f"judge: training the fashion-mnist judge at 28 once (minutes on a CPU for the larger sets); "
+        f"later runs load it from {files[0]}"]
     net2, acc2 = metrics.classifier.__wrapped__((28, 28), 0, "fashion-mnist", str(root))  # from the file
     assert acc2 == acc and torch.equal(net2.head.weight, net.head.weight)
+    assert capsys.readouterr() == ("", "")
     s = metrics.Scorer("fashion-mnist", (28, 28), n=40, path=str(root))
     assert s.ref_hist.tolist() == [0.1] * 10  # labels i % 10 of the 60 training images
     row = s(s.real(40, seed=1))
@@ -255,6 +262,15 @@ def test_a_judge_for_an_idx_data_set_trains_caches_and_scores(tmp_path, monkeypa
     st = metrics.Scorer("stacked-fashion-mnist", (28, 28), n=40, path=str(root))
     row = st(st.real(40, seed=1))
     assert {"modes", "confident_modes"} <= set(row) and row["confident_modes"] <= row["modes"]
+
+
+def test_a_missing_data_set_gets_its_error_and_no_training_line(tmp_path, monkeypatch, capsys):
+    """The training line comes after the data has loaded, so a bad data set still ends with
+    its one error line and nothing else."""
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(metrics.UserError, match="no-such-folder"):
+        metrics.classifier.__wrapped__((28, 28), 0, "fashion-mnist", str(tmp_path / "no-such-folder"))
+    assert capsys.readouterr() == ("", "") and not (tmp_path / "cache").exists()
 
 
 def test_no_judge_for_a_folder():
