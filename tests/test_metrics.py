@@ -266,10 +266,15 @@ def test_a_judge_for_an_idx_data_set_trains_caches_and_scores(tmp_path, monkeypa
 
 def test_a_missing_data_set_gets_its_error_and_no_training_line(tmp_path, monkeypatch, capsys):
     """The training line comes after the data has loaded, so a bad data set still ends with
-    its one error line and nothing else."""
+    its one error line and nothing else: with --path (the data's fingerprint reads the files
+    first) and without (Debian's folder, read only when the judge's data loads)."""
+    from ganzoo import data
     monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
     with pytest.raises(metrics.UserError, match="no-such-folder"):
         metrics.classifier.__wrapped__((28, 28), 0, "fashion-mnist", str(tmp_path / "no-such-folder"))
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "no-package")
+    with pytest.raises(metrics.UserError, match="no-package; install it with"):
+        metrics.classifier.__wrapped__((28, 28), 0, "fashion-mnist")
     assert capsys.readouterr() == ("", "") and not (tmp_path / "cache").exists()
 
 
