@@ -244,8 +244,8 @@ def make_parser(doc: str, hypers: dict, title: str) -> argparse.ArgumentParser:
                    help="folder of images (searched recursively), or the folder holding the (Fashion-)MNIST IDX / "
                         "CIFAR-10 files")
     g.add_argument("--image-size", type=image_size, default=None,
-                   help="H or HxW, each side h0·2^k >= 16 with h0 in 4..7 (16, 20, 24, 28, 32, 40, 48, 64, 96, 112, ...; "
-                        "default: 28 for the MNIST family, 32 for digits and cifar10, 64 for a folder)")
+                   help=f"H or HxW, each side {VALID_SIDES} (default: 28 for the MNIST family, 32 for digits and "
+                        "cifar10, 64 for a folder)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="image channels (default: 1 for digits, mnist, mnist-5k, fashion-mnist; 3 for the stacked "
                         "sets, cifar10 and a folder)")
