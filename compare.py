@@ -235,6 +235,16 @@ def summary(runs: list[dict], models, keys) -> dict:
     return out
 
 
+WAYS = ("", "", "Two", "Three", "Four", "Five", "Six", "Seven")
+
+
+def title(models) -> str:
+    """The table's title: "Seven-way comparison", "Two-way comparison (dcgan, lsgan)", "wgan alone"."""
+    if len(models) == 1:
+        return f"{models[0]} alone"
+    return f"{WAYS[len(models)]}-way comparison" + (f" ({', '.join(models)})" if len(models) < len(MODELS) else "")
+
+
 def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
     """results.md's text and results.json's content."""
     hw, seeds = "x".join(map(str, args.image_size)), sorted({r["seed"] for r in runs})
@@ -249,7 +259,7 @@ def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
                + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     date = datetime.date.today().isoformat()
     lines = [
-        f"# Seven-way comparison: {args.dataset} at {hw}, {args.steps} generator updates, "
+        f"# {title(args.models)}: {args.dataset} at {hw}, {args.steps} generator updates, "
         f"seeds {', '.join(map(str, seeds))}", "",
         f"- Command: `{command}`", f"- Date: {date}", f"- Machine: {machine}",
         "- Every run has the same data, image size, number of generator updates and seeds; everything "

@@ -59,6 +59,7 @@ def test_tiny_comparison_resumes_writes_results_and_skips(tmp_path, capsys):
         assert json.loads((out / m / "seed1" / "eval.json").read_text())["row"]["step"] == 2  # the last checkpoint
     assert res["real"]["classes"] == 10 and res["classifier_accuracy"] >= 0.97
     md = (out / "results.md").read_text()
+    assert md.startswith("# Two-way comparison (dcgan, lsgan): digits at 32x32, 2 generator updates, seeds 1\n")
     assert "`python compare.py --models dcgan lsgan" in md and "cores" in md and "features" in md and "| dcgan |" in md
     assert "| real data | 10 |" in md
     # one row per model and one of real digits, 4 samples of 32x32 each (2px padding), a label strip
@@ -68,6 +69,13 @@ def test_tiny_comparison_resumes_writes_results_and_skips(tmp_path, capsys):
     assert compare.main(argv) == 0
     assert "training" not in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["models"] == res["models"]
+
+
+def test_the_title_names_the_models():
+    assert compare.title(list(compare.MODELS)) == "Seven-way comparison"
+    assert compare.title(["dcgan", "lsgan"]) == "Two-way comparison (dcgan, lsgan)"
+    assert compare.title(["wgan", "dragan", "began"]) == "Three-way comparison (wgan, dragan, began)"
+    assert compare.title(["lsgan"]) == "lsgan alone"
 
 
 def test_a_run_of_other_settings_is_refused_before_any_training(tmp_path, capsys):
