@@ -5,6 +5,7 @@
     python compare.py --models dcgan wgan -- --eval-every 500             # flags after -- go to every script
     python compare.py --dataset fashion-mnist --steps 2000 --jobs 2       # two trainings at once
     python compare.py --steps 4000 --from runs/compare/stacked-digits-32-2000steps  # continue shorter runs
+    python compare.py --curves runs/compare/stacked-mnist-28-8000steps --png curves.png   # learning curves
 
 Each script is run as a user would (python X.py --dataset D --image-size S --steps N --seed k
 --out OUT/X/seed<k> --no-progress, output in OUT/X/seed<k>/train.log): the same data,
@@ -32,6 +33,13 @@ steps) that OUT has not got yet into OUT, where it resumes: a 4,000-update table
 trains only the second halves of a 2,000-update one's runs, and OLD is left as it was.
 Tables and galleries list the models in the order above (dcgan ... began), whatever the
 order of --models.
+
+--curves SRC... trains nothing: it draws learning curves (a metric against generator updates,
+one line per model, the mean over seeds, ± one std shaded; matplotlib) into --png from what
+comparisons recorded: a folder is a comparison's --out, whose runs give their --eval-every rows
+(metrics.jsonl) and scored last checkpoints (eval.json); a file is a results.md of compare.py (or a
+page keeping several), one point per table, so tables of --steps 2000, 4000, 8000 ... make a curve.
+--metrics picks the panels (default: modes, confident_modes and kl on the stacked sets, else kl, fd).
 """
 from __future__ import annotations
 
@@ -52,12 +60,12 @@ import numpy as np
 import torch
 
 from evaluate import evaluate_checkpoint, load_model
-from ganzoo import metrics
+from ganzoo import curves, metrics
 from ganzoo.checkpoint import CHECKPOINT, load_checkpoint, plain, upgrade_config
 from ganzoo.cli import HelpFormatter, image_size, positive_int, size_str
 from ganzoo.data import LABELLED, default_image_size, load_data, resolve_data_args
 from ganzoo.errors import UserError
-from ganzoo.evaluation import evaluate_real, fmt, scorer
+from ganzoo.evaluation import METRICS, evaluate_real, fmt, scorer
 from ganzoo.images import grid
 from ganzoo.sample import generate_n
 from ganzoo.scale import cpu_features, pick_device
@@ -91,6 +99,14 @@ def build_parser():
                    help="an earlier comparison's folder: its runs (same settings, fewer steps) are copied into "
                         "--out and resumed instead of trained from step 0; OLD is not changed")
     p.add_argument("--train-only", action="store_true", help="train (or resume) the runs and score nothing")
+    g = p.add_argument_group("learning curves (--curves: nothing is trained)")
+    g.add_argument("--curves", nargs="+", type=Path, metavar="SRC", default=None,
+                   help="draw curves from comparisons' --out folders (their runs' metrics) and/or results.md files "
+                        "(their tables)")
+    g.add_argument("--metrics", nargs="+", choices=METRICS, default=None,
+                   help="one panel each (default: modes confident_modes kl on the stacked sets, else kl fd)")
+    g.add_argument("--png", type=Path, default=None,
+                   help="the picture (default: curves.png in the first SRC folder, or SRC-curves.png beside a file)")
     return p
 
 
@@ -245,6 +261,14 @@ def title(models) -> str:
     return f"{WAYS[len(models)]}-way comparison" + (f" ({', '.join(models)})" if len(models) < len(MODELS) else "")
 
 
+def draw_curves(args) -> Path:
+    """--curves: the learning curves of the comparisons' records, written to --png."""
+    data = curves.read(args.curves)
+    first = args.curves[0]
+    png = args.png or (first / "curves.png" if first.is_dir() else first.with_name(f"{first.stem}-curves.png"))
+    return curves.draw(data, args.metrics or curves.default_metrics(data.dataset), png, models=args.models)
+
+
 def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
     """results.md's text and results.json's content."""
     hw, seeds = "x".join(map(str, args.image_size)), sorted({r["seed"] for r in runs})
@@ -359,6 +383,13 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(own)
     args.models = [m for m in MODELS if m in args.models]  # the table's order, whatever the command's
+    if args.curves:
+        try:
+            print(f"wrote {draw_curves(args)}")
+            return 0
+        except UserError as e:
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+            return 2
     args.image_size = tuple(args.image_size or default_image_size(args.dataset))
     hw = args.image_size
     args.out = args.out or Path("runs/compare") / f"{args.dataset}-{size_str(hw)}-{args.steps}steps"

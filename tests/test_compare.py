@@ -1,5 +1,6 @@
-"""compare.py: a tiny two-model comparison writes results.md, results.json and gallery.png;
-a rerun redoes nothing; a longer --steps resumes the runs; the speed bookkeeping."""
+"""compare.py: a tiny two-model comparison writes results.md (titled by its models),
+results.json and gallery.png, and its runs draw learning curves; a rerun redoes nothing; a
+longer --steps resumes the runs; the speed bookkeeping."""
 import json
 import os
 
@@ -8,6 +9,7 @@ from PIL import Image
 
 import compare
 from conftest import run_main
+from ganzoo import curves
 
 TINY_SCRIPT = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--sample-every", "2",
                "--checkpoint-every", "1"]
@@ -69,6 +71,12 @@ def test_tiny_comparison_resumes_writes_results_and_skips(tmp_path, capsys):
     assert compare.main(argv) == 0
     assert "training" not in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["models"] == res["models"]
+
+    # its learning curves: the runs' scored last checkpoints (eval.json; no --eval-every rows here)
+    assert compare.main(["--curves", str(out), "--png", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").is_file()
+    points = curves.read([out]).lines
+    assert [(p.step, p.n, p.mean) for p in points[("lsgan", "kl")]] == [(2, 1, res["models"]["lsgan"]["kl"]["mean"])]
 
 
 def test_the_title_names_the_models():
