@@ -14,4 +14,8 @@ common.py or a model file; the model files reach it through common.py.
     sample      samples and latent walks from a checkpoint
     metrics     the offline quality metrics (a digit classifier as the judge)
     evaluation  scoring a model or the real data, the --eval-every callback, tables
+    nearest     the memorisation check (evaluate.py --nearest)
+    augment     DiffAugment (--augment)
+    checks      what a run checks before data or files: values, memory, --out, the lock
+    curves      learning curves from a comparison's runs or its recorded tables (matplotlib)
 """
