@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import socket
 import struct
 import sys
 import warnings
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .logs import progress
+from .scale import distributed, local_ranks, rank, wait_for_all
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 DATASETS = ("digits", "stacked-digits", "mnist", "mnist-5k", "stacked-mnist", "fashion-mnist",
@@ -473,6 +475,8 @@ def collate_skip(items):
 
 
 def memory_budget(args) -> float:
+    """Bytes the decoded data may take on this machine (all its ranks together under torchrun):
+    --data-memory-gb, else half the RAM."""
     if getattr(args, "data_memory_gb", None) is not None:
         return args.data_memory_gb * 2**30
     try:
@@ -527,6 +531,15 @@ def cached_folder(path: Path, n_files: int, shape):
 
 
 def load_folder(root: Path, hw, channels, workers, budget, crop="aspect", cache=True) -> Images | StreamedFolder:
+    """A folder of images, decoded once: memory-mapped from the decoded cache when it is there,
+    else decoded by `workers` processes (and saved to the cache), or streamed (decoded batch by
+    batch) when the decoded set is over `budget` bytes.
+
+    Under torchrun the local rank 0 of each node decodes and writes the cache while the node's
+    other ranks wait (scale.wait_for_all), then every rank memory-maps it: one decoding and one
+    copy a node (the page cache holds a mapped file once), so the budget is the node's. With
+    --no-cache (nothing written) each rank decodes a copy of its own, with its share of the budget
+    and of the workers (budget and workers / LOCAL_WORLD_SIZE)."""
     if not root.exists():
         raise UserError(f"--path {root}: no such folder")
     if not root.is_dir():
@@ -534,12 +547,40 @@ def load_folder(root: Path, hw, channels, workers, budget, crop="aspect", cache=
     files, stats = scan_images(root)  # strings: 200,000 Path objects alone take a second
     if not files:
         raise UserError(f"--path {root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
+    local, ranks = local_ranks() if distributed() else (0, 1)
+    if ranks > 1 and not cache:  # a copy in each rank
+        budget, workers = budget / ranks, (max(1, workers // ranks) if workers else 0)
     nbytes = len(files) * channels * hw[0] * hw[1]
     if nbytes > budget:
-        print(f"data: {len(files)} images take {nbytes / 2**30:.1f} GiB decoded, over the memory budget "
-              f"(--data-memory-gb); decoding each batch with {workers} workers", file=sys.stderr)
+        if rank() == 0:
+            print(f"data: {len(files)} images take {nbytes / 2**30:.1f} GiB decoded, over the memory budget "
+                  f"(--data-memory-gb{', shared by the ranks of a node' if ranks > 1 else ''}); decoding each "
+                  f"batch with {workers} workers", file=sys.stderr)
         return StreamedFolder(files, hw, channels, workers, root, crop)
     where = cache_dir() / "data" / f"{cache_key(files, stats, hw, channels, crop)}.npy" if cache else None
+    if not (distributed() and cache):
+        return _decoded_folder(root, files, hw, channels, workers, crop, where)
+    data, err = None, None
+    if local == 0:  # this node's decoder
+        try:
+            data = _decoded_folder(root, files, hw, channels, workers, crop, where)
+        except UserError as e:  # raised after the wait: the others are told by their own attempt below
+            err = e
+    wait_for_all()  # the others wait here, not in the first step's all-reduce (NCCL's 10-minute timeout)
+    if err is not None:
+        raise err
+    hit, _ = cached_folder(where, len(files), (channels, *hw))
+    if hit is None:  # the cache could not be written (a full disk, no access): each rank decodes its own
+        return data if data is not None else _decoded_folder(root, files, hw, channels, workers, crop, None)
+    mapped = Images(hit[0], None, skipped=hit[1], source=str(root))
+    mapped.note = data.note if data is not None else \
+        f"memory-mapped from the decoded cache {where} (local rank 0 decoded it)"
+    return mapped  # local rank 0 too drops its decoded copy for the shared mapping
+
+
+def _decoded_folder(root: Path, files, hw, channels, workers, crop, where) -> Images:
+    """The folder's images: memory-mapped from the decoded cache `where` when it is there and
+    sound, else decoded (and saved to `where` unless it is None)."""
     why = "none yet"
     if where is not None:
         hit, why = cached_folder(where, len(files), (channels, *hw))
@@ -569,10 +610,11 @@ def load_folder(root: Path, hw, channels, workers, budget, crop="aspect", cache=
 
 def save_cache(where: Path, x: torch.Tensor, n_files: int, skipped: int) -> bool:
     """Atomically (a temporary name, then a rename); a cache that cannot be written is only a
-    slower next run."""
+    slower next run. The temporary name holds the host's name and the pid: the local rank 0s of
+    several nodes may write one shared cache folder at once."""
     try:
         where.parent.mkdir(parents=True, exist_ok=True)
-        tmp = where.with_name(f"{where.stem}.{os.getpid()}.tmp.npy")
+        tmp = where.with_name(f"{where.stem}.{socket.gethostname()}.{os.getpid()}.tmp.npy")
         np.save(tmp, x.numpy())
         where.with_suffix(".json").write_text(json.dumps({"files": n_files, "images": len(x), "skipped": skipped}))
         os.replace(tmp, where)
@@ -608,12 +650,15 @@ def stacked_source(dataset: str, path=None) -> str:
 
 
 def check_fits(n: int, per_image: int, args, what: str) -> None:
-    """n decoded images of per_image bytes each must fit in the memory budget."""
-    need, budget = n * per_image, memory_budget(args)
+    """n decoded images of per_image bytes each must fit in the memory budget: in this rank's
+    share of it under torchrun (each rank holds its own copy of a labelled set)."""
+    ranks = local_ranks()[1] if distributed() else 1
+    need, budget = n * per_image, memory_budget(args) / ranks
     if need > budget:
+        shared = f", shared by the {ranks} ranks of this node" if ranks > 1 else ""
         raise UserError(f"--image-size {'x'.join(map(str, args.image_size))}: the {n:,} images of {what} take "
                         f"{need / 2**30:,.1f} GiB decoded at this size, over the memory budget of {budget / 2**30:,.1f} "
-                        "GiB (--data-memory-gb); use a smaller --image-size")
+                        f"GiB (--data-memory-gb{shared}); use a smaller --image-size")
 
 
 def first_n(data, n: int):

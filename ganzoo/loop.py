@@ -24,7 +24,7 @@ from .images import grid
 from .logs import NoWriter, RunWriter, new_run_dir
 from .sample import generate, generate_n
 from .scale import (agree, autocast, channels_last, cpu_has_native, ema_update, finite, init_distributed,
-                    pick_device, prepare_model, rank, resolve_speed, world)
+                    pick_device, prepare_model, rank, resolve_speed, wait_for_all, world)
 
 
 def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
@@ -63,7 +63,12 @@ def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_e
     amp = autocast(args, device)
     out = RunWriter(run_dir, run_config(args, model, data), start, ckpt is not None, args.no_progress) \
         if lead else NoWriter()
+    # The judge is made ready now (rank 0 trains it on first use: minutes on a CPU) while the other
+    # ranks wait with a timeout of hours (scale.wait_for_all), not in the first step's all-reduce,
+    # where NCCL's 10-minute timeout would abort them.
     evaluator = make_evaluator(args, device) if lead and args.eval_every and make_evaluator else None
+    if args.eval_every and make_evaluator:
+        wait_for_all()
     out.say(describe(model, args, data, device, start, run_dir))
     for line in getattr(args, "_auto", []):
         out.say(f"{model.name}: {line}")

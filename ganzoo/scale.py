@@ -49,11 +49,55 @@ def init_distributed(args) -> torch.device | None:
     cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
     if args.device == "mps":
         raise UserError("torchrun: several processes need CUDA or the CPU (--device cuda|cpu)")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    index = cuda_index() if cuda else None
     if cuda:
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(index)
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return torch.device("cuda", local) if cuda else torch.device("cpu")
+    patient_group()  # now, while every rank is here to make it (a group is made by all ranks at once)
+    return torch.device("cuda", index) if cuda else torch.device("cpu")
+
+
+def local_ranks() -> tuple[int, int]:
+    """(this process's rank on its node, the ranks on its node): torchrun's LOCAL_RANK and
+    LOCAL_WORLD_SIZE, (0, 1) where the launcher sets neither."""
+    return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def cuda_index(local: int | None = None, count: int | None = None) -> int:
+    """This rank's CUDA device: LOCAL_RANK modulo the GPUs this process sees. torchrun shows
+    every rank all of the node's GPUs (rank r takes GPU r); a launcher that shows each task only
+    its own GPU (Slurm's --gpus-per-task, CUDA_VISIBLE_DEVICES per task) leaves one visible,
+    device 0, whatever LOCAL_RANK is, and set_device(LOCAL_RANK) would fail there. Only a GPU
+    node can show the device each rank ends up on (benchmarks/gpu_check.py's torchrun run)."""
+    local = local_ranks()[0] if local is None else local
+    count = torch.cuda.device_count() if count is None else count
+    return local % count if count > 0 else 0
+
+
+# How long ranks wait, before training, for a rank that does a long job alone: local rank 0
+# decoding a large folder (ganzoo.data), rank 0 training the judge on first use (minutes on a
+# CPU; ganzoo.metrics). NCCL's default timeout (10 minutes) would abort the waiting ranks.
+LEAD_WAIT_S = 4 * 3600
+_patient = None
+
+
+def patient_group():
+    """A gloo group over all ranks whose barrier waits up to LEAD_WAIT_S (None in one process).
+    Made right after the process group (init_distributed): making a group is itself a wait on
+    every rank, which must not happen while one rank is busy."""
+    global _patient
+    if _patient is None and distributed():
+        _patient = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(seconds=LEAD_WAIT_S))
+    return _patient
+
+
+def wait_for_all() -> None:
+    """Under torchrun: wait until every rank is here, for up to LEAD_WAIT_S (not the process
+    group's timeout): the ranks that have nothing to do wait here, and not in the first step's
+    all-reduce, while one rank decodes a folder or trains the judge. A rank that exits (an error)
+    ends the wait of the others at once; only a hung one costs the whole LEAD_WAIT_S."""
+    if world() > 1:
+        torch.distributed.barrier(group=patient_group())
 
 
 def all_reduce_grads(params) -> None:

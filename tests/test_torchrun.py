@@ -1,0 +1,199 @@
+"""Several ranks on one node (torchrun, gloo on the CPU): a folder decoded once a node and the
+others mapping the decoded copy; the judge made ready before the ranks first wait on each other;
+the CUDA device a rank picks under launchers that show it all GPUs or only its own."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, TINY
+from ganzoo import scale
+
+
+def _torchrun(tmp_path, code, *args, nproc=2, timeout=300):
+    """Run `code` (a script's text) in nproc torchrun ranks; returns the CompletedProcess and
+    the JSON each rank wrote to tmp_path/rank<r>.json."""
+    script = tmp_path / "probe.py"
+    script.write_text(textwrap.dedent(code))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                        str(script), str(tmp_path), *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env=env)
+    out = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("rank*.json"))]
+    return r, out
+
+
+def _pics(root, n=40):
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+# ---- defect 7: a folder is decoded once a node -----------------------------------------------
+
+LOAD = """
+    import argparse, hashlib, json, os, sys
+    from pathlib import Path
+    from ganzoo import data, scale
+    out, folder, cache = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "cache"
+    decoded = []
+    real = data.decode_image
+    data.decode_image = lambda *a, **k: decoded.append(1) or real(*a, **k)  # this process's decodes
+    scale.init_distributed(argparse.Namespace(device="cpu"))
+    d = data.load_data(argparse.Namespace(dataset="folder", path=folder, image_size=(16, 16), channels=3,
+                                          workers=0, data_memory_gb=None, no_cache=not cache, crop="aspect",
+                                          limit=None, batch_size=4))
+    scale.wait_for_all()
+    (out / f"rank{scale.rank()}.json").write_text(json.dumps({
+        "rank": scale.rank(), "decoded": len(decoded), "note": d.note, "n": len(d),
+        "sha": hashlib.sha256(d.x.contiguous().numpy().tobytes()).hexdigest()}))
+    scale.wait_for_all()
+"""
+
+
+def test_local_rank_0_decodes_and_the_other_ranks_map_its_copy(tmp_path):
+    folder = _pics(tmp_path / "imgs")
+    run = tmp_path / "run"
+    run.mkdir()
+    r, (r0, r1) = _torchrun(run, LOAD, folder, "cache")
+    assert r.returncode == 0, r.stderr
+    assert (r0["decoded"], r1["decoded"]) == (40, 0)  # only local rank 0 decoded
+    assert "decoded once into the cache" in r0["note"]
+    assert "memory-mapped from the decoded cache" in r1["note"] and "local rank 0 decoded it" in r1["note"]
+    assert r0["sha"] == r1["sha"] and r0["n"] == r1["n"] == 40  # the same data in both ranks
+    # the next run: no rank decodes
+    again = tmp_path / "again"
+    again.mkdir()
+    r, (a0, a1) = _torchrun(again, LOAD, folder, "cache")
+    assert r.returncode == 0, r.stderr
+    assert (a0["decoded"], a1["decoded"]) == (0, 0) and a0["sha"] == a1["sha"] == r0["sha"]
+
+
+def test_no_cache_under_torchrun_decodes_a_copy_in_each_rank(tmp_path):
+    """--no-cache writes nothing, so there is nothing to share: each rank decodes its own copy
+    (with its share of the budget and of the workers)."""
+    folder = _pics(tmp_path / "imgs", n=12)
+    r, (r0, r1) = _torchrun(tmp_path, LOAD, folder, "no-cache")
+    assert r.returncode == 0, r.stderr
+    assert (r0["decoded"], r1["decoded"]) == (12, 12)
+    assert r0["sha"] == r1["sha"] and "cache" not in r0["note"] + r1["note"]
+
+
+def test_dcgan_trains_on_a_folder_in_two_ranks_decoded_once(tmp_path):
+    folder = _pics(tmp_path / "imgs")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(ROOT / "dcgan.py"), *TINY, "--batch-size", "4", "--device", "cpu", "--path", str(folder),
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "2 ranks of batch 4" in r.stderr and "decoded once into the cache" in r.stderr
+    assert r.stderr.count("decoding 40 images") <= 1  # (the bar is off when stderr is not a terminal)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4]
+
+
+def test_the_budget_of_labelled_sets_is_shared_by_the_ranks_of_a_node(monkeypatch):
+    """Each rank holds its own copy of a labelled set: its share of --data-memory-gb."""
+    import argparse
+    from ganzoo import data
+    from ganzoo.errors import UserError
+    args = argparse.Namespace(data_memory_gb=1.0, image_size=(64, 64))
+    data.check_fits(50_000, 3 * 64 * 64, args, "x")  # 0.57 GiB: fits one process's 1 GiB
+    monkeypatch.setattr(data, "distributed", lambda: True)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="over the memory budget of 0.5 GiB .*shared by the 2 ranks of this node"):
+        data.check_fits(50_000, 3 * 64 * 64, args, "x")
+
+
+def test_over_the_node_budget_a_folder_is_streamed_in_every_rank(tmp_path, monkeypatch):
+    """The stream-or-map decision is the same in every rank (no rank waits for a decoding that
+    another rank skipped); with --no-cache each rank's copy gets its share of the budget."""
+    from ganzoo import data
+    folder = _pics(tmp_path / "imgs", n=4)
+    nbytes = 4 * 3 * 16 * 16
+    monkeypatch.setattr(data, "distributed", lambda: True)
+    monkeypatch.setattr(data, "wait_for_all", lambda: None)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    assert isinstance(data.load_folder(folder, (16, 16), 3, 0, nbytes - 1), data.StreamedFolder)
+    assert isinstance(data.load_folder(folder, (16, 16), 3, 0, nbytes), data.Images)  # one shared copy fits
+    assert isinstance(data.load_folder(folder, (16, 16), 3, 0, nbytes, cache=False), data.StreamedFolder)  # 2 copies
+
+
+# ---- defect 8: the judge is ready before the ranks first wait on each other ----------------
+
+JUDGE = """
+    import datetime, json, sys, time
+    from pathlib import Path
+    import torch
+    import dcgan, evaluate
+    from ganzoo import loop, scale
+    from ganzoo.cli import explicit_flags
+    out, slow = Path(sys.argv[1]), float(sys.argv[2])
+    # The process group's own timeout stands for NCCL's 10 minutes: shorter than the judge's training.
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=float(sys.argv[3])))
+    scale.patient_group()  # as init_distributed makes it
+    times = {}
+
+    def make_evaluator(args, device):  # rank 0 only: a judge trained on first use
+        times["judge_started"] = time.time()
+        time.sleep(slow)
+        times["judge_ready"] = time.time()
+        return lambda sample_fn: {"classes": 10}
+
+    real_step = loop.one_step
+
+    def one_step(*a, **k):
+        times.setdefault("first_step", time.time())
+        return real_step(*a, **k)
+    loop.one_step = one_step
+    parser = dcgan.build_parser()
+    argv = sys.argv[4:]
+    code = loop.train(evaluate.model_class("dcgan"), parser.parse_args(argv), explicit_flags(parser, argv),
+                      make_evaluator=make_evaluator)
+    (out / f"rank{scale.rank()}.json").write_text(json.dumps({"code": code, **times}))
+    scale.leave_together()
+    torch.distributed.destroy_process_group()
+"""
+
+
+def test_the_judge_is_ready_before_any_rank_waits_in_a_step(tmp_path):
+    """Rank 0 makes the judge (here 8 s) before the first step while rank 1 waits for it in
+    scale.wait_for_all (hours), not in the first step's all-reduce, whose timeout (4 s here,
+    NCCL's 10 minutes on GPUs) would abort it."""
+    run = tmp_path / "run"
+    r, (r0, r1) = _torchrun(tmp_path, JUDGE, 8, 4, *TINY, "--eval-every", "2", "--device", "cpu",
+                            "--out", run)
+    assert r.returncode == 0, r.stderr
+    assert r0["code"] == r1["code"] == 0
+    assert "judge_ready" in r0 and "judge_started" not in r1  # rank 0 alone makes it
+    assert r0["judge_ready"] <= r0["first_step"] and r0["judge_ready"] <= r1["first_step"]
+    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if "classes" in l]
+    assert [e["step"] for e in evals] == [2, 4]
+
+
+def test_the_training_evaluator_makes_its_judge_when_it_is_made(monkeypatch):
+    """training_evaluator trains (or loads) the judge at once, not at its first evaluation: the
+    loop makes it before the first step, then the ranks wait for each other."""
+    import argparse
+    from ganzoo import evaluation, metrics
+    made = []
+    monkeypatch.setattr(metrics, "classifier", lambda hw, seed=0, source="digits", path=None:
+                        made.append(source) or (metrics._new_net(0), 0.9))
+    evaluation.scorer.cache_clear()
+    try:
+        ev = evaluation.training_evaluator(argparse.Namespace(dataset="digits", image_size=(16, 16), path=None),
+                                           torch.device("cpu"))
+        assert made == ["digits"]
+        assert ev(lambda n: torch.rand(n, 1, 16, 16) * 2 - 1)["classes"] >= 1 and made == ["digits"]
+    finally:
+        evaluation.scorer.cache_clear()
