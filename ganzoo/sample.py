@@ -42,6 +42,36 @@ def generate_n(model, n: int, seed: int = 0, batch: int = 500) -> torch.Tensor:
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_PICTURE_BYTES = 2 ** 30  # a grid (all frames of a walk together) of at most 1 GiB of uint8 pixels
+CHUNK = 500  # samples generated at a time
+
+
+def picture_bytes(n: int, shape, frames: int = 1, extra_rows: int = 0) -> int:
+    """The uint8 bytes of `frames` grids of n images of shape (C, H, W), as images.grid lays them
+    out (2-pixel padding, ceil(sqrt n) columns), with extra_rows more rows (--real-row)."""
+    c, h, w = shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols) + extra_rows
+    return frames * (rows * (h + 2) + 2) * (cols * (w + 2) + 2) * c
+
+
+def check_picture(n: int, shape, frames: int = 1, extra_rows: int = 0) -> None:
+    """Refuse, in one line and before anything is generated, a --n whose picture cannot fit."""
+    if picture_bytes(n, shape, frames, extra_rows) <= MAX_PICTURE_BYTES:
+        return
+    lo, hi = 1, n  # the largest n that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if picture_bytes(mid, shape, frames, extra_rows) <= MAX_PICTURE_BYTES else (lo, mid - 1)
+    what = f"a walk of {frames} frames" if frames > 1 else "a grid"
+    gib = picture_bytes(n, shape, frames, extra_rows) / 2 ** 30
+    raise UserError(f"--n {n}: {what} of {n} {shape[2]}x{shape[1]} images would take {gib:,.1f} GiB; "
+                    f"give --n {lo} or fewer")
+
+
+def generate_chunked(model, z: torch.Tensor) -> torch.Tensor:
+    """generate() over z in chunks of CHUNK, on the CPU: G's activations stay bounded whatever --n."""
+    return torch.cat([generate(model, zc.to(model.device)).float().cpu() for zc in z.split(CHUNK)])
 
 
 def check_image_out(out: Path, gif: bool) -> None:
@@ -75,6 +105,7 @@ def sample(model_cls, args) -> int:
     check_image_out(Path(args.out or p.parent / ("walk.gif" if args.interpolate else "sample.png")), args.interpolate)
     device = pick_device(args.device)
     model = model_from_checkpoint(model_cls, ckpt, p, device)
+    check_picture(args.n, model.shape, frames=64 if args.interpolate else 1, extra_rows=int(bool(args.real_row)))
     g = torch.Generator().manual_seed(args.seed)
     if args.interpolate:
         out = Path(args.out or p.parent / "walk.gif")
@@ -83,12 +114,12 @@ def sample(model_cls, args) -> int:
         frames = []
         for a, b in zip(keys[:-1], keys[1:]):
             for t in np.linspace(0, 1, 16, endpoint=False):
-                frames.append(grid(generate(model, slerp(a, b, float(t)).to(device))))
+                frames.append(grid(generate_chunked(model, slerp(a, b, float(t)))))
         save_gif(frames, out, ms=80)
     else:
         out = Path(args.out or p.parent / "sample.png")
-        z = model.sample_z(args.n, generator=g, device=torch.device("cpu")).to(device)
-        fake = generate(model, z).float().cpu()
+        z = model.sample_z(args.n, generator=g, device=torch.device("cpu"))
+        fake = generate_chunked(model, z)
         cols = math.ceil(math.sqrt(args.n))
         if args.real_row:  # one row of real images first, the samples below it
             fake = torch.cat([real_images(ckpt["config"], cols, args.seed), fake])

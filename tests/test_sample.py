@@ -3,8 +3,8 @@ changes nothing in the run."""
 import torch
 from PIL import Image
 
-from ganzoo.sample import generate_n
-from conftest import TINY, run_main
+from ganzoo.sample import MAX_PICTURE_BYTES, generate_n, picture_bytes
+from conftest import TINY, one_error_line, run_main
 
 
 def test_sample_and_interpolate(tmp_path):
@@ -15,6 +15,26 @@ def test_sample_and_interpolate(tmp_path):
                               "--out", tmp_path / "w.gif"]) == 0
     gif = Image.open(tmp_path / "w.gif")
     assert gif.n_frames == 64 and gif.size == (2 * 18 + 2, 2 * 18 + 2)
+
+
+def test_a_picture_that_cannot_fit_is_refused_in_one_line_before_anything_is_generated(tmp_path, capsys):
+    """--n 100000000 once tried to allocate 51 GB and died with a traceback: now one line,
+    exit 2, naming the largest --n that fits; a --n just under the bound is drawn in chunks."""
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
+    capsys.readouterr()
+    assert run_main("dcgan", ["--sample", tmp_path / "r", "--n", "100000000", "--out", tmp_path / "g.png"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--n 100000000" in line and "GiB" in line
+    fits = int(line.split("give --n ")[1].split()[0])
+    assert picture_bytes(fits, (1, 16, 16)) <= MAX_PICTURE_BYTES < picture_bytes(fits + 1, (1, 16, 16))  # grey digits
+    assert not (tmp_path / "g.png").exists()
+    # a walk has 64 frames: its bound is 64 times smaller
+    assert run_main("dcgan", ["--sample", tmp_path / "r", "--interpolate", "--n", "100000",
+                              "--out", tmp_path / "w.gif"]) == 2
+    assert "a walk of 64 frames" in one_error_line(capsys.readouterr().err)
+    # more samples than one chunk of 500: drawn in three chunks, one grid of them all
+    assert run_main("dcgan", ["--sample", tmp_path / "r", "--n", "1100", "--out", tmp_path / "big.png"]) == 0
+    assert Image.open(tmp_path / "big.png").size == (34 * 18 + 2, 33 * 18 + 2)  # 34 columns, 33 rows
 
 
 def test_real_row_puts_training_images_above_the_samples(tmp_path):
