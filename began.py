@@ -9,55 +9,22 @@ Where the paper is silent, the code follows carpedm20/BEGAN-tensorflow.
     python began.py --resume runs/began/<run> --steps 400000
     python began.py --sample runs/began/<run> --n 64 --out grid.png
 
-Departures from the paper (and choices where it is silent), each named where the code has it:
-- Learning rates. The paper: Adam, an initial rate in [5e-5, 1e-4] halved "when the
-  measure of convergence stalls" (§4.1). Here both start at 8e-5 and are halved every
-  --lr-decay-every steps down to --lr-min (carpedm20: halved every 100,000 steps);
-  --lr-stall-window N also halves them when the mean M_global of N steps is not 1% below
-  that of the N steps before (carpedm20's commented-out rule). Adam's beta1 is 0.5
-  (carpedm20; the paper does not give it). The paper gives no step count: a folder run
-  defaults to carpedm20's 500,000.
-- Architecture (Fig. 1, §3.5): the smallest map is 8 on the image's short side (8x8 for a
-  square image, 8x16 for 32x64); each down-sampling is a stride-2 3x3 convolution that
-  raises the channels by n (ELU after it too). carpedm20 keeps the channels in its stride-2
-  convolution and raises them in the first 3x3 convolution of the next scale: the same
-  widths at every scale, the raise one layer later (the paper's Fig. 1 does not say which);
-  kept as it is so that BEGAN checkpoints written before stay loadable. No output
-  non-linearity (as carpedm20); the
-  bottleneck h has z's 64 dimensions (N_h = N_z). Weights are initialised as carpedm20's
-  (TensorFlow's defaults: Glorot-uniform weights, zero biases); with PyTorch's default
-  initialisation G's output hardly depends on z at the start and G collapses.
-- D's negatives G(z_D) and G's samples G(z_G) come from separate z draws, as the paper
-  writes L_D and L_G (§3.4); carpedm20 uses one z for both. The losses are computed from one
-  pass of D over [x, G(z_D), G(z_G)] and both networks are stepped together, the paper's
-  simultaneous update (as carpedm20 does); k_t is then updated from the same L(x) and L(G(z_G)).
-- On the small data sets (the digits, the MNIST family): n = 16 (paper 128), 2,000 steps at a constant learning rate
-  of 1e-4 (the paper's upper rate, §4.1; its 8e-5 with the decay is for 500,000 steps), and D's
-  bottleneck N_h = 16, γ = 1.5, λ_k = 0.01: with the paper's N_h = 64, γ = 0.5, λ_k = 0.001
-  k_t sits at 0 and G collapses to one blob on these 8x8-sourced images; γ = 1.25 with 1e-4
-  covered all ten digits on seeds 0-2 where γ = 1 with 3e-4 (the values before) covered 9, 9
-  and 10 and drew too many 3s, 8s and 9s (README: "BEGAN on the digits"); with the pull-away
-  term below, γ = 1.5 and 2,000 steps (not 1.25 and 3,000) brought KL under 0.1 on seeds 0-2
-  (0.061-0.087 against 0.078-0.179) at a lower FD: past 2,000 steps G drifts back toward a
-  few classes (README: "The search, a fourth session"). On Fashion-MNIST
-  γ = 0.75: garments need a lower ratio than digits (dev seeds 0-2, 2,000 steps: KL 0.16-0.21
-  against 0.38 at 1.25 on seed 0; README: "BEGAN on Fashion-MNIST"). On Stacked MNIST the
-  values before (γ = 1, 3e-4, no pull-away term) did a little better on dev seeds 0-2 (633
-  modes and KL 1.75 on average, against 573 and 2.10) and stay its values, with the paper's
-  N_h = 64: three digits an image do not fit a 16-dim code (dev seeds 0-2: 161 / 237 / 238
-  confidently drawn modes, KL 1.24 / 1.12 / 0.97, against 102 / 68 / 112 and 1.72 / 2.11 /
-  1.41 at N_h 16; README: "BEGAN on Stacked MNIST").
-- --pt-weight λ_PT (not in the paper, 0 on a folder): L_G = L(G(z_G)) + λ_PT·f_PT(S), EBGAN's
-  pull-away term (Zhao et al. 2017, Eq. 14) on S, D's bottleneck codes of G's samples: it
-  penalises a batch whose codes point the same way. On the small data sets λ_PT = 0.3: with
-  the values above alone, BEGAN drew too many 3s, 5s, 8s and 9s (KL 0.30–0.39 on seeds 0-2);
-  with the term the ten classes come out nearer their shares (KL 0.09–0.16). On Stacked
-  MNIST it costs modes (dev seed 0: 64 confidently drawn modes with it, 101 without), so it is
-  0 there. Runs written
-  before the flag existed resume without it. Under torchrun f_PT is taken over each rank's
-  own batch, as in ebgan.py.
-- A warning line goes to stderr when k_t sits at 0 or 1 for 1,000 steps in a row (once per
-  such episode): D and G are out of balance.
+The algorithm (§3.4), one simultaneous step of both networks, z ~ U[-1, 1]:
+    L(v) = |v − D(v)|                          the mean absolute reconstruction error
+    L_D = L(x) − k_t·L(G(z_D)),   L_G = L(G(z_G))
+    k_{t+1} = clip(k_t + λ_k·(γ·L(x) − L(G(z_G))), 0, 1),   k_0 = 0
+    M_global = L(x) + |γ·L(x) − L(G(z_G))|
+
+Departures (and choices where the paper is silent), each named where the code has it; the
+evidence: docs/models/began.md#departures
+- Rates 8e-5, halved every --lr-decay-every steps (carpedm20) or when M_global stalls; beta1 0.5.
+- Stride-2 convolutions raise the channels (carpedm20: one layer later); kept for checkpoints.
+- Glorot-uniform weights (carpedm20): with PyTorch's default init G ignores z and collapses.
+- Separate z for D's negatives and G's samples, as the paper writes L_D, L_G (carpedm20: one).
+- Small data sets: n 16, N_h 16, γ 1.5, λ_k 0.01, 1e-4, 2,000 steps (the paper's values collapse G).
+- fashion-mnist γ 0.75; stacked-mnist γ 1, 3e-4, N_h 64: docs/models/began.md#small-data-values
+- --pt-weight (not in the paper; 0.3 on the small sets, 0 on stacked-mnist): EBGAN's pull-away term.
+- A warning when k_t sits at 0 or 1 for 1,000 steps: D and G are out of balance.
 """
 
 import torch
@@ -67,8 +34,8 @@ import common
 import kernels
 
 # ---- hyperparameters: the paper's (§3, §4.1) unless noted; carpedm20's where it is silent ---
-# The built-in digits (8x8 images scaled to 32x32) depart as the docstring says: with the
-# paper's N_h, γ and λ_k, k_t sits at 0 and G collapses to one blob (the README has the runs).
+# The small data sets depart (with the paper's N_h, γ and λ_k G collapses to one blob there):
+# docs/models/began.md#small-data-values has the runs.
 Hyper = common.Hyper
 HYPERPARAMETERS = dict(
     batch_size=Hyper(16, source="carpedm20's"),  # batch_size 16

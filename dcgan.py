@@ -8,32 +8,20 @@ Convolutional Generative Adversarial Networks" (arXiv:1511.06434), as the author
     python dcgan.py --sample runs/dcgan/<run> --n 64 --out grid.png
     python dcgan.py --sample runs/dcgan/<run> --interpolate --out walk.gif
 
-Which code: the paper's own (Theano, github.com/Newmu/dcgan_code) draws z ~ U[-1, 1] and
-uses 5x5 kernels, a base width of 128 and an L2 weight decay of 1e-5; this script follows
-dcgan.torch, the code the paper's authors published for Torch and that pytorch/examples and
-most comparisons copy (z ~ N(0, I), 4x4 kernels, width 64, no weight decay).
+The algorithm: G (fractionally-strided convolutions, BatchNorm, ReLU, tanh output) and D
+(strided convolutions, LeakyReLU(0.2), BatchNorm) play Goodfellow et al.'s game: D minimises
+BCE(D(x), 1) + BCE(D(G(z)), 0) on logits, G the non-saturating BCE(D(G(z)), 1); Adam at 2e-4,
+beta1 0.5, batch 128, weights from N(0, 0.02).
 
-Departures from the paper, each named where the code has it:
-- Update order: G's step takes a fresh D forward pass on the same fakes after D's update;
-  dcgan.torch reuses the output of D's forward pass from before D's update (G is stepped
-  against the old D). The fresh pass is what a reader of Goodfellow et al.'s Algorithm 1
-  expects and what pytorch/examples does.
-- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is
-  2,000 generator updates, so that it takes minutes on a CPU. On any other data the
-  paper's width is used; the paper gives no step count for faces, so a folder run defaults
-  to 20,000 updates (about 13 CelebA epochs at batch 128).
-- On fashion-mnist the run is 4,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
-  the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
-  how many updates a run takes").
-- On stacked-mnist (three digits in each image, 1,000 modes) the width is the code's 64: at
-  2,000 updates on development seeds 0 / 1 / 2 it covers 417 / 442 / 449 modes confidently
-  (KL 0.64 / 0.62 / 0.56), width 32 241 / 246 / 257 (KL 0.89 / 0.83 / 0.90); a table run
-  took 8.3 minutes of one thread against 3.9 (it ran beside the test suite).
-  The run there is 6,000 generator updates: the fewest of 2,000, 4,000, 6,000, 8,000 at which
-  the development seeds all covered >= 900 modes confidently (913 / 931 / 913 at 6,000, KL
-  0.22 / 0.20 / 0.20; 772 / 772 / 790 at 4,000; README: "Stacked MNIST: how many updates a run takes").
-- Samples in grids use BatchNorm's running statistics (eval mode); the authors' code
-  samples with batch statistics. Eval mode makes a grid change nothing in the run.
+Which code: dcgan.torch (z ~ N(0, I), 4x4 kernels, width 64, no weight decay), which
+pytorch/examples copies, not the paper's Theano code (github.com/Newmu/dcgan_code: z ~ U[-1, 1],
+5x5 kernels, width 128, L2 weight decay 1e-5).
+
+Departures, each named where the code has it; the evidence: docs/models/dcgan.md#departures
+- G's step runs D afresh after D's update, as pytorch/examples (dcgan.torch reuses D's output).
+- Small data sets: width 32 and 2,000 updates (minutes on a CPU); a folder run: 20,000 updates.
+- fashion-mnist 4,000 updates, stacked-mnist 6,000 at width 64: docs/models/dcgan.md#small-data-values
+- Sample grids use BatchNorm's running statistics (eval mode): drawing one changes nothing.
 """
 import torch
 import torch.nn.functional as F

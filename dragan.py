@@ -9,37 +9,16 @@
     python dragan.py --sample runs/dragan/<run> --n 64 --out grid.png
 
 The algorithm: the standard GAN game (non-saturating G loss), and D also pays
-λ·E[(‖∇D(x̂)‖₂ − 1)²] at points x̂ near the real data (not between real and fake, as WGAN-GP).
+λ·E[(‖∇D(x̂)‖₂ − 1)²] at points x̂ near the real data (not between real and fake, as in
+WGAN-GP).
+D has no BatchNorm: a per-sample gradient penalty is not valid with batch statistics.
 
-Departures from the paper, each named where the code has it:
-- --augment diffaug (off by default, as in the paper): x̂ perturbs the un-augmented real
-  images and D sees T(x̂); the gradient is w.r.t. x̂, through T, as the DiffAugment authors take
-  their R1 penalty (w.r.t. the reals, through the augmentation).
-- x̂ is drawn as the authors' code draws it: x̂ = x + α·δ, δ = 0.5·std(x)·U[0, 1) per element
-  (std over the whole batch), α ~ U[0, 1] per sample, not clamped to the data range. The
-  paper's Eq. 1 writes x̂ = x + δ, δ ~ N(0, c·I); `--perturb paper` does that, with
-  `--perturb-c` (c is a variance, in the units of the data: the paper's c ≈ 10 is set for its
-  data; the images here lie in [-1, 1], where c ≈ 10 puts x̂ far off the data).
-- The networks are DCGAN's (the paper's experiments use DCGAN among others) without
-  BatchNorm in D: a per-sample gradient penalty is not valid with batch statistics. D's
-  first convolution and its logit have no bias (dcgan.torch's discriminator; its middle
-  convolutions have biases here, as nothing normalises them); the authors' TensorFlow D has a
-  bias in every layer, the logit's included. Kept so that DRAGAN checkpoints written before
-  stay loadable.
-- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is
-  1,200 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
-  a folder run defaults to 20,000 updates. Both learning rates are 4e-4 there, not the
-  authors' 1e-4: at 1e-4 such a short run leaves D unable to tell real from fake on
-  Fashion-MNIST (D(x) ≈ D(G(z)) ≈ 0.5 at 2,000 updates; striped shirts, KL 0.45, FD 48 on
-  seed 0); 4e-4 gave KL 0.09-0.10 and FD 18-22 there on seeds 0-2, and on the digits KL
-  0.04-0.07, FD 2-3 (README: "DRAGAN on the small data sets").
-- On fashion-mnist the run is 6,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
-  the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
-  how many updates a run takes"). On stacked-mnist it is 12,000, one step past the rule's
-  10,000 (the fewest of 2,000, 4,000, ... at which seeds 0-2 all covered >= 900 of the 1,000
-  modes confidently: 911 / 921 / 917 at one thread): seed 0's default run at two threads, whose
-  bf16 rounding differs, gave 885 at 10,000 and 913 at 12,000, where the one-thread runs gave
-  927 / 925 / 938 (README: "Stacked MNIST: how many updates a run takes").
+Departures, each named where the code has it; the evidence: docs/models/dragan.md#departures
+- x̂ = x + α·0.5·std(x)·U[0, 1) as the authors' code draws it; --perturb paper: x + N(0, c·I).
+- D's first convolution and logit have no bias (dcgan.torch's; kept for old checkpoints).
+- --augment: x̂ perturbs the un-augmented reals, D sees T(x̂), the gradient through T.
+- Small data sets: width 32, 1,200 updates, rates 4e-4 (at 1e-4 so short a run leaves D at chance).
+- fashion-mnist 6,000 updates, stacked-mnist 12,000: docs/models/dragan.md#small-data-values
 """
 import math
 

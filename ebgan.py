@@ -10,34 +10,16 @@ spreads the encoder codes of a generated batch.
     python ebgan.py --resume runs/ebgan/<run> --steps 40000
     python ebgan.py --sample runs/ebgan/<run> --n 64 --out grid.png
 
-Departures from the paper (and choices where it is silent), each named where the code has it:
-- The margin. The paper sets m = 10 for MNIST (§4.1) and m = 20 for 64x64 CelebA (as
-  khanrc/tf.gans-comparison reads its appendix), both on the L2 norm of Eq. 13. The default
-  here keeps the per-value RMS error these stand for (10/√784 and 20/√12288) and scales it
-  to the image size: m = rms·√(C·H·W) for --energy l2 (exactly the paper's m at the
-  paper's sizes), m = rms² for --energy mse (the same reconstruction error in MSE units).
-  MNIST's value is used for the digits and the MNIST family, CelebA's for folders and CIFAR-10.
-  The paper does not say whether its MNIST pixels were in [0, 1] or [-1, 1]; here they
-  are in [-1, 1]. --margin overrides.
-- The networks. G is the DCGAN generator (§4.3 trains EBGAN and DCGAN "under the same
-  configuration"); D's encoder is the paper's 64x64 one, (64)4c2s-(128)4c2s-(256)4c2s,
-  its decoder the mirror image, BatchNorm on all but the first and last layer and
-  LeakyReLU(0.2) (as khanrc/tf.gans-comparison reads the appendix); the three stride-2
-  stages are kept at every image size whose sides halve three times, and two are used
-  where they do not (28x28: 28 -> 14 -> 7). Batch 128 and z ~ N(0, I) of 100 dims are DCGAN's.
-- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64), the batch is 64
-  and the run 2,000 generator updates, so that it takes minutes on a CPU. The paper gives
-  no step count for faces; a folder run defaults to 20,000 updates.
-- On fashion-mnist the run is 4,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
-  the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
-  how many updates a run takes").
-- On stacked-mnist (three digits in each image, 1,000 modes) the width is the paper's 64: at
-  2,000 updates on development seeds 0 / 1 / 2 it covers 910 / 885 / 884 modes confidently
-  (KL 0.17 / 0.20 / 0.21), width 32 841 / 829 / 799 (KL 0.26 / 0.25 / 0.23), for about twice the time.
-  The run there is 4,000 generator updates: the fewest of 2,000, 4,000 at which the development
-  seeds all covered >= 900 modes confidently (940 / 948 / 929 at 4,000, KL 0.16 / 0.18 / 0.21;
-  906 / 901 / 889 at 2,000 in these runs, on another machine than the figures above; README:
-  "Stacked MNIST: how many updates a run takes").
+The algorithm: D(x) = ||Dec(Enc(x)) − x|| (Eq. 13); D minimises D(x) + [m − D(G(z))]⁺ (Eq. 1),
+G minimises D(G(z)) + λ_PT·f_PT(S) (Eq. 2, 14), f_PT the mean squared cosine similarity of
+the encoder codes S of G's batch; Adam at 1e-3 for both.
+
+Departures (and choices where the paper is silent), each named where the code has it; the
+evidence: docs/models/ebgan.md#departures
+- The margin: the paper's m (10 on MNIST, 20 on CelebA) as an RMS error, scaled to the size.
+- G is DCGAN's (batch 128, z of 100 dims); D the paper's 64x64 encoder, 2 stages at 28x28.
+- Small data sets: width 32, batch 64 and 2,000 updates; a folder run: 20,000 updates.
+- fashion-mnist 4,000 updates, stacked-mnist 4,000 at width 64: docs/models/ebgan.md#small-data-values
 """
 import math
 
@@ -63,7 +45,7 @@ HYPERPARAMETERS = dict(
     energy=Hyper("l2", "D(x): 'l2' the norm ||Dec(Enc(x)) - x|| of the paper's Eq. 13, or 'mse' the per-sample "
                  "mean squared error most implementations use (no square root)", choices=("l2", "mse")),
     margin=Hyper(None, "hinge margin m in units of --energy (default: the paper's m for the data set, scaled "
-                 "to the image size; see the module docstring)", type=float),
+                 "to the image size: docs/models/ebgan.md#departures)", type=float),
     pt_weight=Hyper(0.1, "weight λ_PT of the pull-away term in G's loss; 0 turns it off"),  # §2.4
     beta1=Hyper(0.5, "Adam beta1", source="DCGAN's"),
     beta2=Hyper(0.999, "Adam beta2", source="Adam's default"),

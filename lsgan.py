@@ -8,24 +8,16 @@ Networks" (arXiv:1611.04076), on the DCGAN networks, with the authors' code
     python lsgan.py --resume runs/lsgan/<run> --steps 40000
     python lsgan.py --sample runs/lsgan/<run> --n 64 --out grid.png
 
-Departures from the paper, each named where the code has it:
-- The networks are the DCGAN ones (common.DCGANGenerator / DCGANDiscriminator, BatchNorm in
-  both, D's output linear); the paper's own 112x112 networks (§3.3: a fully connected layer,
-  then 3x3 deconvolutions) are built for LSUN scenes and are not implemented.
-- The losses are means over the batch (½E[.]), as the paper writes them; the authors'
-  code sums over the batch (tf.nn.l2_loss), which only rescales the gradients.
-- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is
-  2,500 generator updates, so that it takes minutes on a CPU. The paper gives no step count;
-  a folder run defaults to 20,000 updates.
-- On fashion-mnist the run is 6,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
-  the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
-  how many updates a run takes"). On stacked-mnist it stays 2,500: no length up to 24,000
-  covered >= 900 of the 1,000 modes confidently on all of seeds 0-2 (607 / 878 / 934 at 24,000;
-  README: "Stacked MNIST: how many updates a run takes").
-- Both learning rates are 0.001, the authors' rate for LSUN scenes (train_lsun.py), on every
-  data set; their rate for handwritten characters (train_chn.py) is 0.0002, with which G stayed
-  at grey noise on the built-in digits for the first 500 updates while D separated real from
-  fake (d_real 0.99, d_fake 0.03); at 0.001 digits form within 200 updates.
+The algorithm (Eq. 2): D minimises ½E[(D(x) − b)²] + ½E[(D(G(z)) − a)²] with a linear output,
+G minimises ½E[(D(G(z)) − c)²]; a = 0, b = c = 1 (Eq. 9, the paper's experiments). As the
+authors' code: z ~ U[-1, 1] of 1,024 dims, batch 64, Adam beta1 0.5, G stepped on D's fakes.
+
+Departures, each named where the code has it; the evidence: docs/models/lsgan.md#departures
+- The DCGAN networks (BatchNorm in both); the paper's 112x112 LSUN networks are not built.
+- Batch means, as the paper writes the losses (the authors' code sums: only a rescaling).
+- Both rates 1e-3, the authors' LSUN rate, everywhere: their characters' 2e-4 stalls here.
+- Small data sets: width 32 and 2,500 updates (minutes on a CPU); a folder run: 20,000 updates.
+- fashion-mnist 6,000 updates, stacked-mnist keeps 2,500: docs/models/lsgan.md#small-data-values
 """
 import argparse
 

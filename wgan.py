@@ -7,30 +7,17 @@ with the critic schedule of the authors' code (github.com/martinarjovsky/Wassers
     python wgan.py --sample runs/wgan/<run> --n 64 --out grid.png
 
 The critic f (the DCGAN discriminator with no sigmoid) maximises E[f(x)] - E[f(G(z))] over
-weights clipped to [-c, c]; the generator minimises -E[f(G(z))]. The critic's objective,
-E[f(x)] - E[f(G(z))], estimates the Wasserstein distance (up to a constant): it is logged as
-`wasserstein` and should fall as the samples improve (Fig. 3 and 4 of the paper), once the
-critic has caught up (without the warm-up it first rises while the critic learns).
+weights clipped to [-c, c], n_critic RMSProp updates per generator update; the generator
+minimises -E[f(G(z))]. The critic's objective, E[f(x)] - E[f(G(z))], estimates the Wasserstein
+distance (up to a constant): it is logged as `wasserstein` and should fall as the samples
+improve (Fig. 3 and 4 of the paper), once the critic has caught up.
 
-Departures from the paper, each named where the code has it:
-- The authors' code trains the critic 100 times (not n_critic) for the first 25 generator
-  updates and every 500th; this is kept (--critic-warmup; 0 turns it off).
-- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64), the run is 1,000
-  generator updates, the learning rate is 2e-4 (not 5e-5) and there is no critic warm-up, so
-  that it draws digits in minutes on a CPU: the warm-up alone would take half of them, and at
-  5e-5 the grid after 1,000 updates is still mostly blotches. On stacked-mnist both rates are
-  1e-3: on the development seeds 0-2 at 2,000 updates it covers 359 / 293 / 316 of the 1,000
-  modes confidently against 240 / 280 / 266 at 2e-4 (README, "WGAN on Stacked MNIST"; 5e-4, 2e-3,
-  another clip value and Adam did worse).
-  On any other data the paper's values are used; the paper gives no step count, so a folder
-  run defaults to 100,000 generator updates.
-- On fashion-mnist the run is 6,000 generator updates: the fewest of 2,000, 4,000, 6,000 at which
-  the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
-  how many updates a run takes").
-- The critic's parameters are clipped after each critic update, as Algorithm 1 says; the
-  authors' code clips before each one (so its generator sees a critic one update past its
-  last clip).
-- Samples in grids use BatchNorm's running statistics (eval mode), as in dcgan.py.
+Departures, each named where the code has it; the evidence: docs/models/wgan.md#departures
+- The authors' warm-up: 100 critic updates for the first 25 generator updates and every 500th.
+- Clipping after each critic update, as Algorithm 1 says (the authors' code clips before).
+- Small data sets: width 32, 1,000 updates, rate 2e-4, no warm-up; a folder run: 100,000.
+- fashion-mnist 6,000 updates, stacked-mnist both rates 1e-3: docs/models/wgan.md#small-data-values
+- Sample grids use BatchNorm's running statistics (eval mode), as in dcgan.py.
 """
 
 import torch

@@ -12,40 +12,16 @@ The critic D minimises E[D(G(z))] - E[D(x)] + lambda E[(||grad D(x^)||_2 - 1)^2]
 drawn uniformly on lines between real and generated samples; the generator minimises
 -E[D(G(z))]. Logged: `wasserstein` (E[D(x)] - E[D(G(z))], which should fall as samples
 improve), `gp` (the penalty, before lambda) and `grad_norm` (the mean ||grad D(x^)||, which
-sits near 1 in a healthy run).
+sits near 1 in a healthy run). --arch dcgan: the DCGAN stack, layer normalisation in the
+critic (the default, the cheaper on a CPU); --arch resnet: the authors' 64x64 "Good" ResNet.
 
-Two architectures (--arch), both built from the image size:
-- dcgan: the DCGAN generator (BatchNorm) and the DCGAN discriminator as the critic with layer
-  normalisation instead of BatchNorm (or none: --critic-norm none), §4 "no critic batch
-  normalization". The built-in digits use it: it is the cheaper of the two on a CPU.
-- resnet: the authors' 64x64 "Good" generator and discriminator (the paper's appendix), of
-  pre-activation residual blocks (upsample-conv / conv-mean-pool), BatchNorm in the
-  generator, layer normalisation in the critic.
-
-Departures from the paper, each named where the code has it:
-- --augment diffaug (off by default, as in the paper): x̂ is taken between the un-augmented real
-  and fake images and the critic sees T(x̂); the gradient is w.r.t. x̂, through T, as the
-  DiffAugment authors take their R1 penalty (w.r.t. the reals, through the augmentation).
-- On the small data sets (the digits, the MNIST family) the networks are narrower (width 32, not 64) and the run is 600
-  generator updates, so that it takes minutes on a CPU. On any other data the authors'
-  values are used: 200,000 generator updates, as in their code.
-- On fashion-mnist the run is 3,000 generator updates: the fewest of 2,000, 3,000, 4,000 at which
-  the development seeds 0-2 all drew the ten classes with KL <= 0.05 (README: "Fashion-MNIST:
-  how many updates a run takes"; 3,000 was tried for WGAN-GP alone, whose 4,000 took longer than
-  the 15 minutes on 2 cores the other scripts' runs fit in).
-- On stacked-mnist (three digits in each image, 1,000 modes) the width is the authors' 64: at
-  2,000 updates on development seeds 0 / 1 / 2 it covers 720 / 739 / 754 modes confidently
-  (KL 0.27 / 0.26 / 0.26), width 32 568 / 583 / 560 (KL 0.36 / 0.38 / 0.39), for about twice the time.
-  The run there is 4,000 generator updates: the fewest of 2,000, 4,000 at which the development
-  seeds all covered >= 900 modes confidently (937 / 937 / 932 at 4,000, KL 0.14 on each;
-  README: "Stacked MNIST: how many updates a run takes").
-- The --arch dcgan networks are common.py's DCGAN stack (4x4 kernels, N(0, 0.02) weights),
-  not the authors' TensorFlow DCGAN variant (5x5 kernels, a linear first layer of G, a bias
-  in every layer of the critic). Here the critic's first convolution and its output have no
-  bias (dcgan.torch's discriminator); the output's bias would cancel in E[D(G(z))] − E[D(x)]
-  and in the gradient, the first layer's is a different parameterisation. --arch resnet has
-  the authors' biases.
-- Samples in grids use BatchNorm's running statistics (eval mode), as in dcgan.py.
+Departures, each named where the code has it; the evidence: docs/models/wgan_gp.md#departures
+- --arch dcgan is common.py's DCGAN stack (4x4 kernels), not the authors' TensorFlow variant.
+- Its critic's first convolution and output have no bias (dcgan.torch's; the output's cancels).
+- --augment: x^ between the un-augmented images, the critic sees T(x^), the gradient through T.
+- Small data sets: width 32 and 600 updates (minutes on a CPU); a folder run: 200,000 updates.
+- fashion-mnist 3,000 updates, stacked-mnist 4,000 at width 64: docs/models/wgan_gp.md#small-data-values
+- Sample grids use BatchNorm's running statistics (eval mode), as in dcgan.py.
 """
 import math
 

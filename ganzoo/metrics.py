@@ -62,7 +62,7 @@ CLASS_NAMES = {"fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", 
                                  "Bag", "Ankle boot"),
                "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
 # Each source set's judge: (conv widths, epochs). The digits' is the project's first judge,
-# kept as it was (its numbers are in the README); the larger sets get a wider net.
+# kept as it was (its numbers are in docs/evaluation.md); the larger sets get a wider net.
 JUDGES = {"digits": ((16, 32, 64), 20), "mnist-5k": ((32, 64, 128), 20), "mnist": ((32, 64, 128), 4),
           "fashion-mnist": ((32, 64, 128), 8), "cifar10": ((32, 64, 128), 10)}
 

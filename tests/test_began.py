@@ -74,7 +74,7 @@ def test_paper_values_on_a_folder_and_departures_on_the_digits():
     digits = p.parse_args([])
     resolve_data_args(digits)
     assert (digits.gamma, digits.lambda_k, digits.h_dim, digits.g_lr, digits.d_lr) == (1.5, 0.01, 16, 1e-4, 1e-4)
-    assert digits.steps == 2000  # G drifts back toward a few classes past 2,000 steps (README)
+    assert digits.steps == 2000  # G drifts back toward a few classes past 2,000 steps (docs/models/began.md)
     assert (folder.pt_weight, digits.pt_weight) == (0.0, 0.3)  # the pull-away term: a small-data departure
     stacked = p.parse_args(["--dataset", "stacked-mnist"])
     resolve_data_args(stacked)

@@ -87,16 +87,17 @@ def test_a_data_set_of_its_own_beats_the_small_value(tmp_path):
 
 
 # Each script's run on fashion-mnist: the fewest of 2,000, 4,000, 6,000 updates (WGAN-GP: 2,000,
-# 3,000, 4,000) at which the development seeds drew the ten classes with KL <= 0.05 (README:
-# "Fashion-MNIST: how many updates a run takes"); BEGAN's KL rises past its short run, so it keeps it.
+# 3,000, 4,000) at which the development seeds drew the ten classes with KL <= 0.05
+# (docs/experiments/2026-12-03-fashion-mnist-run-length.md); BEGAN's KL rises past its short run,
+# so it keeps it.
 FASHION_STEPS = {"dcgan": 4000, "lsgan": 6000, "wgan": 6000, "wgan_gp": 3000, "dragan": 6000, "ebgan": 4000,
                  "began": 2000}
 
 
 # Each script's run on stacked-mnist: the fewest of 2,000, 4,000, ... updates (measured to 4,000;
 # DCGAN to 8,000, DRAGAN to 12,000) at which the development seeds covered >= 900 of the 1,000
-# modes confidently (DRAGAN one step more; README: "Stacked MNIST: how many updates a run
-# takes"); the others keep the short run (LSGAN had not met it by 24,000).
+# modes confidently (DRAGAN one step more; docs/experiments/2026-12-03-stacked-mnist-run-length.md);
+# the others keep the short run (LSGAN had not met it by 24,000).
 STACKED_STEPS = {"dcgan": 6000, "lsgan": 2500, "wgan": 1000, "wgan_gp": 4000, "dragan": 12000, "ebgan": 4000,
                  "began": 2000}
 
