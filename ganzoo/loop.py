@@ -45,6 +45,8 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
         check_run_dir(run_dir, ckpt is not None)
     data = load_data(args)
     check_same_data(ckpt, data, ckpt_file)
+    if device.type == "cuda":  # again, with the data set that Batches keeps on the GPU
+        check_memory(model_cls, args, (args.channels, *args.image_size), data)
     lock = RunLock(run_dir) if lead else None  # the first file of the run
     try:
         if lead:

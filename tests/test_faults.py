@@ -214,3 +214,85 @@ def test_damaged_checkpoints_are_refused_in_one_line(tmp_path, capsys):
     torch.save({"model": "dcgan", "nets": Evil()}, tmp_path / "evil.pt")
     _exit(capsys, "dcgan", ["--sample", tmp_path / "evil.pt", "--out", tmp_path / "g.png"], 2,
           "not a readable checkpoint")  # one line: torch's warning does not leak
+
+
+# 10. the memory check counts what a step holds, on this rank's GPU (issue 39, defect 9)
+def _meta_model(name, *argv):
+    import importlib
+    import evaluate
+    from ganzoo.data import resolve_data_args
+    args = importlib.import_module(name).build_parser().parse_args(
+        ["--image-size", "32", "--batch-size", "16", "--width", "8", *argv])
+    resolve_data_args(args)
+    meta = torch.device("meta")
+    with meta:
+        return evaluate.model_class(name)(args, (3, 32, 32), meta), args
+
+
+def _d_bytes(model, n):
+    """What D alone keeps for backward on n images."""
+    from ganzoo.checks import _saved_bytes
+    return _saved_bytes(model, lambda: model.D(torch.empty(n, 3, 32, 32, device="meta")))
+
+
+def test_the_memory_check_counts_began_d_on_3b_images():
+    """BEGAN's step runs D once on real, D's fakes and G's fakes together (3B images, one graph
+    for both losses); the old count ran one batch of B through D."""
+    from ganzoo.checks import forward_bytes, step_bytes
+    model, _ = _meta_model("began")
+    step = step_bytes(model, 16)
+    assert step >= _d_bytes(model, 48) > 2.9 * _d_bytes(model, 16)
+    assert 2 * step > forward_bytes(model, 16) * 1.5  # what the old estimate (12 bytes an element of B) missed
+
+
+@pytest.mark.parametrize("name", ["wgan_gp", "dragan"])
+def test_the_memory_check_counts_the_double_backward_graph(name):
+    """A gradient penalty keeps the graph of D's input gradient (create_graph=True) for its own
+    backward: the step holds more than D's first-order graphs on all its critic's inputs."""
+    from ganzoo.checks import step_bytes
+    model, _ = _meta_model(name, *(["--n-critic", "1"] if name == "wgan_gp" else []))
+    assert step_bytes(model, 16) > 1.25 * _d_bytes(model, 48)
+
+
+def test_the_memory_check_draws_no_random_number_and_runs_every_model():
+    from ganzoo.checks import step_bytes
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    torch.manual_seed(0)
+    for name in ("dcgan", "lsgan", "wgan", "wgan_gp", "dragan", "ebgan", "began"):
+        assert step_bytes(_meta_model(name)[0], 16) > 0, name  # the step itself, not the fallback
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_the_memory_check_reads_this_ranks_gpu(monkeypatch):
+    """LOCAL_RANK 1 of a node of 2 GPUs has GPU 1's memory; a rank shown one GPU, that one."""
+    from types import SimpleNamespace
+    from ganzoo import checks
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=(i + 1) * 2**30))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert checks.machine_memory("cuda") == 2 * 2**30
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert checks.machine_memory("auto") == 2**30
+
+
+def test_the_memory_check_counts_the_data_set_kept_on_the_gpu(monkeypatch):
+    from ganzoo import checks
+    from ganzoo.data import Images, Stacked
+    from ganzoo.errors import UserError
+    import dcgan
+    model, args = _meta_model("dcgan")
+    args.device = "cuda"
+    params, acts = checks.train_bytes(dcgan.DCGAN, args, (3, 32, 32))
+    have = int((16 * params + acts) / 0.8) + 4096  # the networks and a step just fit
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(checks, "machine_memory", lambda device: have)
+    checks.check_memory(dcgan.DCGAN, args, (3, 32, 32))
+    kept = Images(torch.empty(int(0.2 * have), dtype=torch.uint8, device="meta").view(-1, 1, 1, 1))
+    with pytest.raises(UserError, match="data set kept on the GPU"):
+        checks.check_memory(dcgan.DCGAN, args, (3, 32, 32), kept)
+    big = Images(torch.empty(int(0.3 * have), dtype=torch.uint8, device="meta").view(-1, 1, 1, 1))
+    checks.check_memory(dcgan.DCGAN, args, (3, 32, 32), big)  # over a quarter: Batches leaves it in host memory
+    digits = torch.zeros(10, 1, 8, 8, dtype=torch.uint8)
+    checks.check_memory(dcgan.DCGAN, args, (3, 32, 32), Stacked(digits, torch.arange(10)))  # composed per batch

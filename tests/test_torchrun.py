@@ -197,3 +197,64 @@ def test_the_training_evaluator_makes_its_judge_when_it_is_made(monkeypatch):
         assert ev(lambda n: torch.rand(n, 1, 16, 16) * 2 - 1)["classes"] >= 1 and made == ["digits"]
     finally:
         evaluation.scorer.cache_clear()
+
+
+# ---- defect 9: the rank's GPU; --sync-bn with --compile -------------------------------------
+
+@pytest.mark.parametrize("local,count,want", [(0, 8, 0), (3, 8, 3), (3, 1, 0), (1, 1, 0), (5, 4, 1), (2, 0, 0)])
+def test_a_rank_takes_local_rank_modulo_the_gpus_it_sees(local, count, want):
+    """torchrun shows every rank all the node's GPUs; Slurm's --gpus-per-task (or one
+    CUDA_VISIBLE_DEVICES a task) shows each rank its own one, device 0."""
+    assert scale.cuda_index(local, count) == want
+
+
+def test_init_distributed_sets_the_visible_gpu_under_a_one_gpu_a_task_launcher(monkeypatch):
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("set_device", i))
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **k: calls.setdefault("backend", backend))
+    monkeypatch.setattr(scale, "patient_group", lambda: calls.setdefault("patient_group", True))
+    import argparse
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # each task sees only its own GPU
+    assert scale.init_distributed(argparse.Namespace(device="auto")) == torch.device("cuda", 0)
+    assert calls == {"set_device": 0, "backend": "nccl", "patient_group": True}  # not set_device(1)
+    calls.clear()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # torchrun: every rank sees both
+    assert scale.init_distributed(argparse.Namespace(device="cuda")) == torch.device("cuda", 1)
+    assert calls["set_device"] == 1
+
+
+def test_sync_bn_is_converted_before_compile_and_keeps_the_optimizers_parameters(monkeypatch):
+    """--sync-bn --compile on a GPU: every BatchNorm of G, D and G_ema is a SyncBatchNorm inside
+    the compiled networks, the optimizers step the converted layers' parameters (the conversion
+    keeps the Parameter objects), and the checkpoint keeps BatchNorm's keys. The CPU cannot run
+    SyncBatchNorm in training (no CPU kernel, and it needs ranks): a compiled step with synced
+    statistics is for the GPU check (torchrun dcgan.py --sync-bn --compile on)."""
+    import dcgan
+    from ganzoo.data import resolve_data_args
+    args = dcgan.build_parser().parse_args(["--image-size", "16", "--width", "4", "--sync-bn", "--compile", "on",
+                                            "--ema", "0.9", "--channels-last", "off", "--amp", "off"])
+    resolve_data_args(args)
+    monkeypatch.setattr(scale, "world", lambda: 2)
+    monkeypatch.setenv("GAN_COMPILE_BACKEND", "eager")
+    torch.manual_seed(0)
+    plain = dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu"))
+    torch.manual_seed(0)
+    model = dcgan.DCGAN(args, (1, 16, 16), torch.device("cpu"))
+    model.device = torch.device("cuda")  # what prepare_model sees on a GPU (the weights stay on the CPU)
+    scale.prepare_model(model, args, for_training=True)
+    for name, net in model.networks().items():
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms), name
+        assert net.state_dict().keys() == plain.G.state_dict().keys() if name != "D" else \
+            net.state_dict().keys() == plain.D.state_dict().keys()
+    assert model.G._compiled_call_impl is not None and model.D._compiled_call_impl is not None
+    for opt, net in ((model.opt_g, model.G), (model.opt_d, model.D)):
+        stepped = {id(p) for g in opt.param_groups for p in g["params"]}
+        assert stepped == {id(p) for p in net.parameters()}
+    model.G.eval()  # eval: running statistics, no sync; the CPU runs the compiled network
+    plain.G.eval()
+    z = torch.randn(2, args.z_dim)
+    torch.testing.assert_close(model.G(z), plain.G(z))
