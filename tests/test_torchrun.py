@@ -1,7 +1,6 @@
 """Several ranks on one node (torchrun, gloo on the CPU): a folder decoded once a node and the
 others mapping the decoded copy; the judge made ready before the ranks first wait on each other;
 the CUDA device a rank picks under launchers that show it all GPUs or only its own."""
-import hashlib
 import json
 import os
 import subprocess
