@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import Fault, Interrupted, UserError
-from .scale import prepare_model
+from .scale import match_optimizer_layout, prepare_model
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -146,6 +146,7 @@ def restore(model, ckpt: dict, p: Path) -> None:
         for k, o in model.optimizers().items():
             if k in ckpt.get("optimizers", {}):
                 o.load_state_dict(ckpt["optimizers"][k])
+                match_optimizer_layout(o)  # resumed with another --channels-last: the state in the new layout
         model.load_extra_state(ckpt.get("extra", {}))
         for k, sc in model.scalers.items():
             if k in ckpt.get("scalers", {}):

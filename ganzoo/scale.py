@@ -327,6 +327,21 @@ def prepare_model(model, args, for_training: bool):
     return model
 
 
+def match_optimizer_layout(opt: torch.optim.Optimizer) -> None:
+    """Each state tensor of the optimizer (Adam's exp_avg and exp_avg_sq, RMSProp's square_avg...)
+    in its parameter's memory format, the values unchanged. A checkpoint's state keeps the strides
+    it was saved with; a run resumed with another --channels-last has its parameters in the other
+    layout, and CUDA's fused Adam refuses state whose strides differ from its parameter's (the
+    unfused optimizers only run slower). The CPU shows the strides; only a GPU shows fused Adam's
+    step after such a resume (benchmarks/gpu_check.py)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
     """ema <- beta·ema + (1 − beta)·net for the weights; buffers (BatchNorm's statistics) copied."""

@@ -146,3 +146,40 @@ def test_an_old_checkpoint_keeps_its_widths(tmp_path, capsys):
     assert run_main("dcgan", ["--resume", run, "--steps", "3", "--d-width", "4", "--no-progress"]) == 0
     cfg = torch.load(run / "checkpoint.pt", weights_only=True)["config"]
     assert (cfg["width"], cfg["g_width"], cfg["d_width"]) == (4, 4, 4)
+
+
+@pytest.mark.parametrize("first,then", [("on", "off"), ("off", "on")])
+def test_a_resume_with_another_layout_puts_the_optimizer_state_in_the_parameters_layout(tmp_path, first, then):
+    """--channels-last may change on resume: the parameters take the new layout, and so must
+    Adam's exp_avg and exp_avg_sq (the checkpoint keeps the strides they were saved with; CUDA's
+    fused Adam refuses state whose strides differ from its parameter's: only a GPU shows that
+    step, benchmarks/gpu_check.py). The values are the checkpoint's, bit for bit."""
+    import argparse
+
+    import dcgan
+    from ganzoo.checkpoint import load_checkpoint, restore
+    from ganzoo.scale import prepare_model
+    run = tmp_path / "r"
+    assert run_main("dcgan", TINY + ["--steps", "2", "--amp", "off", "--channels-last", first, "--out", run]) == 0
+    ckpt, p = load_checkpoint(str(run), "dcgan")
+    saved = {k: o["state"] for k, o in ckpt["optimizers"].items()}
+    cfg = argparse.Namespace(**dict(ckpt["config"], channels_last=then))
+    cfg.image_size = tuple(cfg.image_size)
+    model = prepare_model(dcgan.DCGAN(cfg, tuple(ckpt["shape"]), torch.device("cpu")), cfg, for_training=True)
+    restore(model, ckpt, p)
+    changed = 0
+    for name, opt in model.optimizers().items():
+        for i, param in enumerate(q for g in opt.param_groups for q in g["params"]):
+            for k in ("exp_avg", "exp_avg_sq"):
+                state = opt.state[param][k]
+                assert state.stride() == param.stride(), (name, i, k)
+                assert torch.equal(state, saved[name][i][k])
+                changed += saved[name][i][k].stride() != param.stride()
+    assert changed > 0  # the layouts did differ
+    # the whole resume: the state the resumed run saves is in the new layout too
+    assert run_main("dcgan", TINY + ["--channels-last", then, "--resume", run]) == 0
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert final["step"] == 4 and final["config"]["channels_last"] == then
+    names = [n for n, _ in model.D.named_parameters()]
+    for i, n in enumerate(names):
+        assert final["optimizers"]["D"]["state"][i]["exp_avg"].stride() == final["nets"]["D"][n].stride(), n
