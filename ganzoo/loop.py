@@ -23,8 +23,8 @@ from .errors import Diverged, UserError
 from .images import grid
 from .logs import NoWriter, RunWriter, new_run_dir
 from .sample import generate, generate_n
-from .scale import (agree, autocast, channels_last, cpu_has_native, ema_update, finite, init_distributed,
-                    pick_device, prepare_model, rank, resolve_speed, wait_for_all, world)
+from .scale import (agree, autocast, channels_last, cpu_has_native, ema_update, finite, has_group_norm,
+                    init_distributed, pick_device, prepare_model, rank, resolve_speed, wait_for_all, world)
 
 
 def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
@@ -38,7 +38,7 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
         raise UserError(f"--eval-every: no quality metric for --dataset {args.dataset}: the metrics need a judge "
                         "classifier trained on labelled images, and a folder has no labels")
     check_memory(model_cls, args, (args.channels, *args.image_size))
-    device = setup_device(args, args.steps - (int(ckpt["step"]) if ckpt else 0))
+    device = setup_device(args, args.steps - (int(ckpt["step"]) if ckpt else 0), model_cls)
     run_dir = Path(args.out) if args.out else new_run_dir(model_cls.name)
     lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
     if lead:
@@ -61,7 +61,8 @@ def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_e
     model = prepare_model(model_cls(args, tuple(data.shape), device), args, for_training=True)
     start, fixed_z = restore_run(model, ckpt, ckpt_file)
     batches = Batches(data, args.batch_size, args.seed, device, state=ckpt["data"] if ckpt else None,
-                      channels_last=channels_last(args, device), flip=getattr(args, "flip", False))
+                      channels_last=channels_last(args, device, has_group_norm(model)),
+                      flip=getattr(args, "flip", False))
     amp = autocast(args, device)
     out = RunWriter(run_dir, run_config(args, model, data), start, ckpt is not None, args.no_progress) \
         if lead else NoWriter()
@@ -164,11 +165,14 @@ def check_same_data(ckpt, data, ckpt_file) -> None:
                         "a resumed run keeps its data (start a new run for other data)")
 
 
-def setup_device(args, steps_to_run: int) -> torch.device:
+def setup_device(args, steps_to_run: int, model_cls=None) -> torch.device:
     """This process's device (its rank's under torchrun); each 'auto' speed flag resolved for
-    it (args._auto: what was chosen and why, for the run's first lines); the --amp checks; the seed."""
+    it and for model_cls's networks (args._auto: what was chosen and why, for the run's first
+    lines); the --amp checks; the seed."""
     device = init_distributed(args) or pick_device(args.device)
-    args._auto = resolve_speed(args, device, steps_to_run)
+    group_norm = (model_cls is not None and getattr(args, "channels_last", None) == "auto" and device.type == "cuda"
+                  and builds_group_norm(model_cls, args))
+    args._auto = resolve_speed(args, device, steps_to_run, group_norm)
     if args.amp != "off" and device.type == "mps":
         raise UserError("--amp: autocast on Apple GPUs is not supported here (use --amp off)")
     if args.amp != "off" and device.type == "cpu" and rank() == 0 and not cpu_has_native(args.amp):
@@ -179,6 +183,14 @@ def setup_device(args, steps_to_run: int) -> torch.device:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return device
+
+
+def builds_group_norm(model_cls, args) -> bool:
+    """Whether the model the arguments describe has a GroupNorm (scale.has_group_norm), built on
+    the meta device (no memory, no time) before the device's speed flags are chosen."""
+    meta = torch.device("meta")
+    with meta:
+        return has_group_norm(model_cls(args, (args.channels, *args.image_size), meta))
 
 
 def restore_run(model, ckpt, ckpt_file):

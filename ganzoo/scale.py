@@ -248,11 +248,17 @@ def resolve_amp(device: torch.device, flags: set[str] | None = None,
     return "off", f"autocast is not used on {device.type}"
 
 
-def resolve_channels_last(device: torch.device) -> tuple[str, str]:
+def resolve_channels_last(device: torch.device, group_norm: bool = False) -> tuple[str, str]:
     """(--channels-last auto's choice, why): on with CUDA (cuDNN's NHWC kernels) and on the CPU
     where oneDNN runs the convolutions (measured on an AVX512 CPU: DCGAN 1.15x in fp32, 1.13x
-    with bf16; on an AVX2-only CPU 1.25x: benchmarks/train_speed.py); off elsewhere (MPS)."""
+    with bf16; on an AVX2-only CPU 1.25x: benchmarks/train_speed.py); off elsewhere (MPS).
+    Off with CUDA for a model with a GroupNorm (group_norm: WGAN-GP's layer-normalised critics):
+    PyTorch's CUDA GroupNorm runs in NCHW only, so each normalised layer would convert the
+    layout there and back, in the penalty's double backward too (the CPU's keeps channels_last)."""
     if device.type == "cuda":
+        if group_norm:
+            return "off", ("CUDA, but a network normalises with GroupNorm, which runs in NCHW only on CUDA: "
+                           "every such layer would convert the layout there and back")
         return "on", "CUDA"
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
         return "on", "oneDNN's convolutions are faster in channels_last on the CPU"
@@ -281,13 +287,13 @@ def resolve_compile(device: torch.device, steps_to_run: int, has_triton: bool | 
     return "on", f"CUDA, {steps_to_run:,} steps to run"
 
 
-def resolve_speed(args, device: torch.device, steps_to_run: int) -> list[str]:
+def resolve_speed(args, device: torch.device, steps_to_run: int, group_norm: bool = False) -> list[str]:
     """Replace each 'auto' among --amp, --channels-last and --compile in args by its choice on
-    this device (config.json then records the choice, and a resumed run keeps it). Returns
-    one line per choice made, saying why."""
+    this device (config.json then records the choice, and a resumed run keeps it); group_norm:
+    whether the model has a GroupNorm (has_group_norm). Returns one line per choice made, saying why."""
     said = []
     for flag, rule in (("amp", lambda: resolve_amp(device)),
-                       ("channels_last", lambda: resolve_channels_last(device)),
+                       ("channels_last", lambda: resolve_channels_last(device, group_norm)),
                        ("compile", lambda: resolve_compile(device, steps_to_run))):
         if getattr(args, flag, None) == "auto":
             value, why = rule()
@@ -298,9 +304,15 @@ def resolve_speed(args, device: torch.device, steps_to_run: int) -> list[str]:
 
 # ---- the model's networks ----------------------------------------------------------------
 
-def channels_last(args, device) -> bool:
+def has_group_norm(model) -> bool:
+    """Whether a network of the model (a common.GAN) normalises with GroupNorm (WGAN-GP's
+    layer-normalised critics): --channels-last auto leaves CUDA runs of it in NCHW."""
+    return any(isinstance(m, nn.GroupNorm) for net in model.networks().values() for m in net.modules())
+
+
+def channels_last(args, device, group_norm: bool = False) -> bool:
     v = getattr(args, "channels_last", "auto")
-    return v == "on" or (v == "auto" and resolve_channels_last(device)[0] == "on")
+    return v == "on" or (v == "auto" and resolve_channels_last(device, group_norm)[0] == "on")
 
 
 def prepare_model(model, args, for_training: bool):
@@ -314,7 +326,7 @@ def prepare_model(model, args, for_training: bool):
         model.D = nn.SyncBatchNorm.convert_sync_batchnorm(model.D)
     if getattr(args, "ema", 0):
         model.G_ema = copy.deepcopy(model.G).requires_grad_(False)
-    if channels_last(args, device):
+    if channels_last(args, device, has_group_norm(model)):
         for m in model.networks().values():
             m.to(memory_format=torch.channels_last)
     if for_training and getattr(args, "amp", "off") == "fp16":

@@ -288,6 +288,40 @@ def test_channels_last_auto():
     assert scale.resolve_channels_last(MPS)[0] == "off"
 
 
+@pytest.mark.parametrize("module,extra,group_norm", [
+    (wgan_gp, [], True), (wgan_gp, ["--arch", "resnet"], True), (wgan_gp, ["--critic-norm", "none"], False),
+    (dcgan, [], False), (dragan, [], False)])
+def test_channels_last_auto_stays_off_on_cuda_for_a_group_norm_critic(module, extra, group_norm):
+    """CUDA's GroupNorm runs in NCHW only: with a layer-normalised critic (WGAN-GP's, both
+    architectures) channels_last would convert the layout at every critic layer, so auto keeps
+    it off on CUDA and says why in the run's first lines; the CPU's GroupNorm keeps channels_last."""
+    cls = evaluate.model_class(module.__name__)
+    args = _args(module, "--amp", "off", "--compile", "off", *extra)
+    assert loop.builds_group_norm(cls, args) == group_norm  # built on the meta device
+    said = scale.resolve_speed(args, CUDA, 20, group_norm=loop.builds_group_norm(cls, args))
+    assert args.channels_last == ("off" if group_norm else "on")
+    assert said == [f"--channels-last auto: {args.channels_last} ({scale.resolve_channels_last(CUDA, group_norm)[1]})"]
+    if group_norm:
+        assert "GroupNorm" in said[0] and "NCHW" in said[0]
+    assert scale.resolve_channels_last(CPU, group_norm) == scale.resolve_channels_last(CPU)
+    model = prepare_model(cls(_args(module, *extra), (1, 16, 16), CPU), _args(module, *extra), True)
+    assert scale.has_group_norm(model) == group_norm  # unresolved auto (a sampler's old config) decides the same
+
+
+def test_a_cuda_run_of_wgan_gp_resolves_channels_last_from_its_critic(monkeypatch):
+    """setup_device builds the model on the meta device only for CUDA and auto."""
+    built = []
+    monkeypatch.setattr(loop, "builds_group_norm", lambda cls, args: built.append(cls) or True)
+    monkeypatch.setattr(loop, "pick_device", lambda name: CUDA)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
+    args = _args(wgan_gp, "--amp", "off", "--compile", "off")
+    assert loop.setup_device(args, 20, evaluate.model_class("wgan_gp")) == CUDA
+    assert args.channels_last == "off" and "GroupNorm" in args._auto[0] and len(built) == 1
+    args = _args(wgan_gp, "--amp", "off", "--compile", "off", "--channels-last", "on")  # explicit: kept
+    loop.setup_device(args, 20, evaluate.model_class("wgan_gp"))
+    assert args.channels_last == "on" and args._auto == [] and len(built) == 1
+
+
 def test_compile_auto_only_for_long_cuda_runs():
     long = scale.COMPILE_MIN_STEPS
     assert scale.resolve_compile(CPU, 10 * long)[0] == "off"
