@@ -96,7 +96,8 @@ class WGAN(common.GAN):
 
         return {"wasserstein": wasserstein.detach(),     # E[f(x)] - E[f(G(z))], last critic update
                 "loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
-                "n_critic": torch.tensor(float(n_critic), device=self.device)}
+                # filled in on the device: torch.tensor(n, device=...) would be a copy the step waits for
+                "n_critic": torch.full((), float(n_critic), device=self.device)}
 
 
 if __name__ == "__main__":

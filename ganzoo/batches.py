@@ -5,7 +5,7 @@ import torch
 
 from .data import Images, Stacked, StreamedFolder, collate_skip
 from .errors import UserError
-from .scale import rank, world
+from .scale import pins, rank, room_on_device, to_device, world
 
 
 class Batches:
@@ -35,14 +35,13 @@ class Batches:
         self._loader_iter = None
         self._x = None
         if isinstance(data, Images) and not isinstance(data, Stacked):
-            self._x = data.x
-            if device.type == "cuda":  # keep the decoded uint8 data on the GPU when it fits
-                free, _ = torch.cuda.mem_get_info(device)
-                if data.x.numel() < 0.25 * free:
-                    self._x = data.x.to(device)
-                else:
-                    self._x = data.x.pin_memory()
-        self._perm = None
+            # The decoded uint8 data stay on the GPU when they fit, and each batch is gathered
+            # there; else each batch is gathered on the host and copied through pinned memory
+            # (to_device). The whole set is never pinned: that would take its size in page-locked
+            # memory in every rank, and an index of a pinned tensor is pageable anyway.
+            fits = room_on_device(data.x.numel() * data.x.element_size(), device)
+            self._x = data.x.to(device) if fits else data.x
+        self._perm = None  # this epoch's order, on the device that holds the data
 
     def state(self):
         return {"epoch": self.epoch, "pos": self.pos, "global_batch": self.bs * self.world}
@@ -64,7 +63,7 @@ class Batches:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(torch.utils.data.DataLoader(
             self.data.ds, batch_sampler=batches, num_workers=self.data.workers, collate_fn=collate_skip,
-            pin_memory=self.device.type == "cuda", persistent_workers=False, generator=g,
+            pin_memory=pins(self.device), persistent_workers=False, generator=g,
             prefetch_factor=4 if self.data.workers else None))
 
     def _next_streamed(self) -> torch.Tensor:
@@ -84,10 +83,11 @@ class Batches:
 
     def _flipped(self, x: torch.Tensor) -> torch.Tensor:
         """--flip: each image mirrored left-right with probability 1/2, the coin drawn from
-        the batch's position (seed, epoch, batch, rank), so a resumed run flips the same ones."""
+        the batch's position (seed, epoch, batch, rank), so a resumed run flips the same ones.
+        x is already on the device; the B coins go there through pinned memory."""
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.pos, self.rank)) & (2 ** 62 - 1))
-        mask = torch.rand(len(x), generator=g) < 0.5
-        return torch.where(mask.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+        mask = to_device(torch.rand(len(x), generator=g) < 0.5, x.device)
+        return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
     def __call__(self) -> torch.Tensor:
         if self.pos >= self.per_epoch:
@@ -95,14 +95,15 @@ class Batches:
         if isinstance(self.data, StreamedFolder):
             x = self._next_streamed()
         else:
-            if self._perm is None:
-                self._perm = self._order()
+            if self._perm is None:  # once an epoch: the order goes to the data's device, without a wait
+                self._perm = to_device(self._order(), self._x.device if self._x is not None else torch.device("cpu"))
             idx = self._mine(self._perm, self.pos)
-            x = self._x[idx.to(self._x.device)] if self._x is not None else self.data.batch(idx)
+            x = self._x[idx] if self._x is not None else self.data.batch(idx)
+        x = to_device(x, self.device)  # (B, C, H, W) uint8; from the host: through pinned memory
         if self.flip:
             x = self._flipped(x)
         self.pos += 1
         self.images += len(x) * self.world
-        x = x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]
+        x = x.float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

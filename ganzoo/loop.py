@@ -261,8 +261,9 @@ def one_step(model, args, batches: Batches, amp, step: int, bad_step: torch.Tens
         # fixed decay would still hold 37 % of the initial weights after 1,000 steps
         ema_update(model.G_ema, model.G, min(args.ema, (1 + step) / (10 + step)))
     vals = torch.stack([v.detach().float().reshape(()) for v in scalars.values()])
-    bad_step = torch.where((bad_step < 0) & ~torch.isfinite(vals).all(),
-                           torch.tensor(step + 1, device=bad_step.device), bad_step)
+    # step + 1 as a Python number: filled in on the device (torch.tensor(step + 1, device=...)
+    # would copy it from pageable host memory, a copy the step waits for on a GPU)
+    bad_step = torch.where((bad_step < 0) & ~torch.isfinite(vals).all(), step + 1, bad_step)
     return dict(zip(scalars, vals)), bad_step
 
 

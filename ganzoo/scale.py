@@ -354,6 +354,33 @@ def match_optimizer_layout(opt: torch.optim.Optimizer) -> None:
                     state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
+# ---- host to device ------------------------------------------------------------------------
+
+def pins(device: torch.device) -> bool:
+    """Whether host tensors bound for `device` are staged in page-locked (pinned) memory: CUDA only."""
+    return device.type == "cuda"
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t on `device` without making the host wait for it. A host tensor bound for a GPU is copied
+    from pinned memory with non_blocking=True, which only queues the copy; from pageable memory
+    the copy is synchronous and the step would wait for the device (the GPU-side count of such
+    waits is benchmarks/gpu_check.py's, under torch.cuda.set_sync_debug_mode). A tensor that is
+    not pinned (one batch, one epoch's order) is copied into pinned memory first: the caching host
+    allocator keeps that block until the copy is done, so it may be dropped at once."""
+    if t.device.type != "cpu" or device.type == "cpu":
+        return t.to(device)
+    if pins(device) and not t.is_pinned():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def room_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether a data set of nbytes fits in a quarter of the GPU's free memory (kept there, each
+    batch is gathered on the GPU); never for another device."""
+    return device.type == "cuda" and nbytes < 0.25 * torch.cuda.mem_get_info(device)[0]
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
     """ema <- beta·ema + (1 − beta)·net for the weights; buffers (BatchNorm's statistics) copied."""
