@@ -147,6 +147,7 @@ class BEGAN(common.GAN):
     name = "began"
     hyperparameters = HYPERPARAMETERS
     z_prior = "uniform"  # §3.5: z ∈ [−1, 1]^N_z, uniform
+    retains_graph = True  # D's backward keeps its graph for G's (one pass of D feeds both losses, train_step)
 
     def __init__(self, args, shape, device):
         super().__init__(args, shape, device)

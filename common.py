@@ -59,6 +59,7 @@ class GAN:
     z_prior = "normal"  # or "uniform" (U[-1, 1], BEGAN)
     min_batch = 1  # the smallest batch the model's losses are defined for
     double_backward = False  # True: a gradient penalty differentiates D twice (--compile leaves D eager)
+    retains_graph = False  # True: a backward keeps its graph for another (--compile then turns off donated buffers)
 
     def __init__(self, args, shape, device):
         self.args, self.shape, self.device = args, shape, device
@@ -148,8 +149,7 @@ class GAN:
         return x if getattr(a, "augment", "none") == "none" else diffaug(x, policy=a.augment, p=getattr(a, "augment_p", 1.0))
 
     def all_mean(self, t: torch.Tensor) -> torch.Tensor:
-        """The mean of t over the ranks (t itself in one process): for a statistic that the
-        model's update rule uses, e.g. BEGAN's k_t control."""
+        """The mean of t over the ranks (t itself in one process), for the update rule's statistics (BEGAN's k_t)."""
         return all_mean(t)
 
     def warn(self, text: str) -> None:

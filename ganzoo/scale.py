@@ -315,6 +315,21 @@ def channels_last(args, device, group_norm: bool = False) -> bool:
     return v == "on" or (v == "auto" and resolve_channels_last(device, group_norm)[0] == "on")
 
 
+def allow_retain_graph() -> None:
+    """Let a compiled network's backward keep its graph for a second backward (retain_graph=True:
+    BEGAN's D, whose one pass feeds both losses). AOTAutograd's donated buffers (on by default since
+    torch 2.6) let the compiled backward reuse the memory of the activations it saved, and refuse
+    retain_graph ("compiled with non-empty donated buffers which requires ... retain_graph=False");
+    torch 2.6-2.8 decide them when the graph compiles, whatever the first backward asks. Turned off
+    for the process (they only save memory); torch before 2.6 has no such setting and needs none."""
+    try:
+        import torch._functorch.config as aot_config
+    except ImportError:
+        return
+    if hasattr(aot_config, "donated_buffer"):
+        aot_config.donated_buffer = False
+
+
 def prepare_model(model, args, for_training: bool):
     """Apply the shared speed flags to a freshly built model (a common.GAN): --sync-bn, --ema,
     channels_last, the fp16 gradient scalers, --compile. None changes the model's equations."""
@@ -332,7 +347,11 @@ def prepare_model(model, args, for_training: bool):
     if for_training and getattr(args, "amp", "off") == "fp16":
         model.scalers = {k: torch.amp.GradScaler(device.type) for k in model.optimizers()}
     if for_training and getattr(args, "compile", "off") == "on":
-        backend = os.environ.get("GAN_COMPILE_BACKEND", "inductor")  # tests use "eager" (no C++ compiler run)
+        # tests use "eager" (no AOTAutograd, no C++ compiler run) and "aot_eager" (AOTAutograd's
+        # backward, donated buffers included, without inductor's code generation)
+        backend = os.environ.get("GAN_COMPILE_BACKEND", "inductor")
+        if getattr(model, "retains_graph", False):
+            allow_retain_graph()
         model.G.compile(backend=backend)
         if not model.double_backward:
             model.D.compile(backend=backend)

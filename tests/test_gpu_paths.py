@@ -8,6 +8,7 @@ import contextlib
 
 import pytest
 import torch
+import torch._functorch.config as aot_config
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -34,6 +35,73 @@ def _model(module, device, *extra):
 
 def _data(n=24):
     return Images(torch.randint(0, 256, (n, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+
+
+# ---- --compile through AOTAutograd (defect 1 of issue 39) -------------------------------------
+
+@pytest.mark.parametrize("module", ["dcgan", "wgan", "wgan_gp", "ebgan", "began"])
+def test_compiled_steps_run_through_aot_autograd(module, monkeypatch):
+    """Two steps of each kind of update compiled with "aot_eager": AOTAutograd's forward and
+    backward graphs, its donated buffers included, without inductor's code generation. BEGAN's
+    one pass of D feeds both losses, and D's backward keeps its graph (retain_graph=True) for
+    G's; WGAN's n_critic updates clip the compiled critic's weights in place; EBGAN's
+    autoencoder critic's codes feed the pull-away term; WGAN-GP runs the compiled G through the
+    eager critic's double backward (as DRAGAN does); DCGAN reuses G's output (as LSGAN does).
+    For BEGAN the compiled D first runs a plain backward: torch 2.6-2.8 decide the donated
+    buffers when the graph compiles, whatever the first backward asks, and then refused the
+    retain_graph backward ("compiled with non-empty donated buffers"); later versions compile
+    the backward at its first call, without donated buffers when that call retains the graph,
+    so without the plain backward first they would not show it."""
+    monkeypatch.setenv("GAN_COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    with _donated_buffers():
+        _compiled_steps(module)
+    torch._dynamo.reset()
+
+
+def _donated_buffers():
+    """AOTAutograd's donated buffers on, as by default since torch 2.6 (restored afterwards)."""
+    if not hasattr(aot_config, "donated_buffer"):
+        return contextlib.nullcontext()  # torch < 2.6: none
+    return aot_config.patch(donated_buffer=True)
+
+
+def _compiled_steps(module):
+    model, args = _model(module, torch.device("cpu"), "--compile", "on",
+                         *(["--n-critic", "2"] if module in ("wgan", "wgan_gp") else []))
+    assert model.G._compiled_call_impl is not None
+    if module == "began":
+        assert model.retains_graph and not getattr(aot_config, "donated_buffer", False)  # prepare_model: off
+        v = torch.randn(12, 1, 16, 16, requires_grad=True)  # the shape of D's pass over [x, G(z_D), G(z_G)]
+        recon, h = model.D(v, codes=True)
+        (recon.sum() + h.sum()).backward()  # compiles D's backward as torch 2.6-2.8 do
+        model.D.zero_grad(set_to_none=True)
+    batches = Batches(_data(), 4, 0, torch.device("cpu"))
+    bad = torch.full((), -1, dtype=torch.long)
+    before = [p.detach().clone() for p in model.D.parameters()]
+    for step in range(2):
+        scalars, bad = one_step(model, args, batches, contextlib.nullcontext(), step, bad)
+    assert int(bad) == -1 and all(torch.isfinite(v) for v in scalars.values())
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.D.parameters()))  # D trained
+
+
+def test_without_the_fix_torch_refuses_began_s_compiled_step(monkeypatch):
+    """The failure the fix removes, on this torch: donated buffers on, D's backward compiled
+    with them, then BEGAN's retain_graph backward."""
+    if not hasattr(aot_config, "donated_buffer"):
+        pytest.skip("torch < 2.6 has no donated buffers")
+    monkeypatch.setenv("GAN_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(scale, "allow_retain_graph", lambda: None)
+    torch._dynamo.reset()
+    with _donated_buffers():
+        model, args = _model("began", torch.device("cpu"), "--compile", "on")
+        v = torch.randn(12, 1, 16, 16, requires_grad=True)
+        recon, h = model.D(v, codes=True)
+        (recon.sum() + h.sum()).backward()
+        with pytest.raises(RuntimeError, match="donated buffer"):
+            model.train_step(Batches(_data(), 4, 0, torch.device("cpu")))
+    torch._dynamo.reset()
 
 
 # ---- no host-to-device copy inside a step (defects 3 and 4) ------------------------------------
