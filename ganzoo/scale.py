@@ -254,7 +254,9 @@ def resolve_channels_last(device: torch.device, group_norm: bool = False) -> tup
     with bf16; on an AVX2-only CPU 1.25x: benchmarks/train_speed.py); off elsewhere (MPS).
     Off with CUDA for a model with a GroupNorm (group_norm: WGAN-GP's layer-normalised critics):
     PyTorch's CUDA GroupNorm runs in NCHW only, so each normalised layer would convert the
-    layout there and back, in the penalty's double backward too (the CPU's keeps channels_last)."""
+    layout there and back, in the penalty's double backward too (the CPU's keeps channels_last).
+    What that costs only a GPU can measure (benchmarks/gpu_check.py: WGAN-GP's step with
+    --channels-last on against auto)."""
     if device.type == "cuda":
         if group_norm:
             return "off", ("CUDA, but a network normalises with GroupNorm, which runs in NCHW only on CUDA: "
@@ -321,7 +323,9 @@ def allow_retain_graph() -> None:
     torch 2.6) let the compiled backward reuse the memory of the activations it saved, and refuse
     retain_graph ("compiled with non-empty donated buffers which requires ... retain_graph=False");
     torch 2.6-2.8 decide them when the graph compiles, whatever the first backward asks. Turned off
-    for the process (they only save memory); torch before 2.6 has no such setting and needs none."""
+    for the process (they only save memory); torch before 2.6 has no such setting and needs none.
+    The CPU tests run AOTAutograd with the aot_eager backend; inductor's GPU code for BEGAN, under
+    the torch a GPU machine has, only benchmarks/gpu_check.py's --compile on run shows."""
     try:
         import torch._functorch.config as aot_config
     except ImportError:
