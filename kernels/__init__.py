@@ -14,11 +14,16 @@ Which path runs is decided at each call by the environment variable GAN_KERNELS:
                      set before `kernels` is imported)
     reference        always the PyTorch reference
 last_path() says which one ran last: "triton", "reference", or None before any call.
+
+A Triton failure (no C compiler or Python headers for Triton's launcher, a GPU Triton does not
+support, any compile or launch error) never ends a run: the call returns the reference's result,
+one line on stderr says why, and every later call takes the reference (fallback.py).
 """
 import os
 
 import torch
 
+from . import fallback
 from .gradient_penalty import GradientPenaltyFunction, gradient_penalty_reference
 from .gradient_penalty import INTERPRETED, triton
 from .pullaway import PullawayFunction, check_batch, pullaway_reference
@@ -26,16 +31,15 @@ from .pullaway import PullawayFunction, check_batch, pullaway_reference
 __all__ = ["gradient_penalty", "pullaway", "last_path", "gradient_penalty_reference", "pullaway_reference"]
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_last_path = None
 
 
 def last_path():
-    """"triton" or "reference": the path the last gradient_penalty/pullaway call took."""
-    return _last_path
+    """"triton" or "reference": the path the last gradient_penalty/pullaway call took (a call whose
+    Triton kernel failed and fell back says "reference")."""
+    return fallback.last_path()
 
 
 def _use_triton(x: torch.Tensor) -> bool:
-    global _last_path
     mode = os.environ.get("GAN_KERNELS", "auto")
     if mode == "auto":
         use = triton is not None and x.is_cuda and x.dtype in TRITON_DTYPES
@@ -52,7 +56,8 @@ def _use_triton(x: torch.Tensor) -> bool:
         use = True
     else:
         raise ValueError(f"GAN_KERNELS must be auto, triton or reference, got {mode!r}")
-    _last_path = "triton" if use else "reference"
+    use = use and fallback.broken() is None  # after a Triton failure: the reference, without retrying
+    fallback.note("triton" if use else "reference")
     return use
 
 
@@ -60,7 +65,11 @@ def gradient_penalty(grad: torch.Tensor, target: float = 1.0) -> torch.Tensor:
     """mean_i (||grad_i||_2 - target)^2, each sample's norm over all its non-batch axes
     (Gulrajani et al. 2017, Eq. 3). grad: (N, ...), e.g. from autograd.grad(..., create_graph=True)."""
     if _use_triton(grad):
-        return GradientPenaltyFunction.apply(grad, target)
+        try:
+            with fallback.quiet():
+                return GradientPenaltyFunction.apply(grad, target)
+        except Exception as err:
+            fallback.fail("gradient_penalty", err)
     return gradient_penalty_reference(grad, target)
 
 
@@ -69,5 +78,9 @@ def pullaway(emb: torch.Tensor) -> torch.Tensor:
     (Zhao et al. 2016, Eq. 14). emb: (N, ...), N >= 2."""
     check_batch(emb.shape[0])
     if _use_triton(emb):
-        return PullawayFunction.apply(emb)
+        try:
+            with fallback.quiet():
+                return PullawayFunction.apply(emb)
+        except Exception as err:
+            fallback.fail("pullaway", err)
     return pullaway_reference(emb)

@@ -26,16 +26,31 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import fallback
+
 try:
     import triton
     import triton.language as tl
 except ImportError:  # macOS, Windows: no Triton
     triton = None
 jit = triton.jit if triton else (lambda fn: fn)
+# Sizes that are not strides are not specialized on (divisible by 16, equal to 1): one compiled
+# kernel serves every batch size, and tests/test_kernels_compile.py compiles what runs.
+jit_sizes = triton.jit(do_not_specialize=["n_rows", "n_chunks"]) if triton else (lambda fn: fn)
 
 BLOCK_COLS = 2048  # elements per load, at most
 PROGRAMS = 1024    # rows are split into chunks until there are about this many programs ...
 MIN_CHUNK = 4096   # ... each reading at least this many elements
+BLOCK_ROWS = 128   # rows of norms per step in the loss kernel
+NUM_WARPS = 4
+# Argument types of each kernel for ahead-of-time compiles ("*T": a pointer to the input's dtype)
+SIGNATURES = {
+    "_gp_fwd_kernel": dict(GRAD_ptr="*T", SUMSQ_ptr="*fp32", n_cols="i32", chunk_size="i32"),
+    "_gp_loss_kernel": dict(SUMSQ_ptr="*fp32", NORM_ptr="*fp32", LOSS_ptr="*T", n_rows="i32", n_chunks="i32",
+                            target="fp32"),
+    "_gp_bwd_kernel": dict(GRAD_ptr="*T", NORM_ptr="*fp32", GRAD_OUT_ptr="*T", DGRAD_ptr="*T", n_rows="i32",
+                           n_cols="i32", chunk_size="i32", target="fp32"),
+}
 
 
 def gradient_penalty_reference(grad: torch.Tensor, target: float = 1.0) -> torch.Tensor:
@@ -70,7 +85,7 @@ def _gp_fwd_kernel(
     tl.store(SUMSQ_ptr + n * tl.num_programs(1) + c, tl.sum(acc))
 
 
-@jit
+@jit_sizes
 def _gp_loss_kernel(
     SUMSQ_ptr,
     NORM_ptr,
@@ -97,7 +112,7 @@ def _gp_loss_kernel(
     tl.store(LOSS_ptr, (tl.sum(acc) / n_rows).to(LOSS_ptr.dtype.element_ty))
 
 
-@jit
+@jit_sizes
 def _gp_bwd_kernel(
     GRAD_ptr,
     NORM_ptr,
@@ -130,34 +145,49 @@ def _gp_bwd_kernel(
 INTERPRETED = triton is not None and type(_gp_fwd_kernel).__name__ == "InterpretedFunction"
 
 
-def _chunks(n_rows: int, n_cols: int):
-    """(elements per load, elements per program, programs per row) for n_rows rows of length n_cols."""
+def plan(n_rows: int, n_cols: int) -> dict:
+    """How the host functions launch the kernels for g (n_rows, n_cols): the chunking of the rows
+    (block: elements per load, chunk_size: elements per program, n_chunks: programs per row)
+    and each kernel's meta-parameters (constexprs and num_warps). Pure: the ahead-of-time
+    compile test calls it over the shapes the scripts produce."""
     block = min(BLOCK_COLS, triton.next_power_of_2(n_cols))
     n_chunks = max(1, min(triton.cdiv(PROGRAMS, n_rows), triton.cdiv(n_cols, MIN_CHUNK)))
     chunk_size = triton.cdiv(triton.cdiv(n_cols, n_chunks), block) * block
-    return block, chunk_size, triton.cdiv(n_cols, chunk_size)
+    return dict(block=block, chunk_size=chunk_size, n_chunks=triton.cdiv(n_cols, chunk_size), meta={
+        "_gp_fwd_kernel": dict(BLOCK=block, num_warps=NUM_WARPS),
+        "_gp_loss_kernel": dict(BLOCK_N=BLOCK_ROWS, num_warps=NUM_WARPS),
+        "_gp_bwd_kernel": dict(BLOCK=block, num_warps=NUM_WARPS)})
+
+
+def configs(n_rows: int, n_cols: int) -> list:
+    """[(kernel name, its integer arguments, its meta-parameters)] of every launch, forward and
+    backward, for g (n_rows, n_cols): what the JIT specializes and compiles."""
+    p = plan(n_rows, n_cols)
+    ints = {"_gp_fwd_kernel": dict(n_cols=n_cols, chunk_size=p["chunk_size"]),
+            "_gp_loss_kernel": dict(n_rows=n_rows, n_chunks=p["n_chunks"]),
+            "_gp_bwd_kernel": dict(n_rows=n_rows, n_cols=n_cols, chunk_size=p["chunk_size"])}
+    return [(name, ints[name], meta) for name, meta in p["meta"].items()]
 
 
 def gradient_penalty_forward(g: torch.Tensor, target: float):
     """g: (N, D) contiguous. Returns the penalty (a scalar of g's dtype) and the norms (N,) fp32."""
     n_rows, n_cols = g.shape
-    block, chunk_size, n_chunks = _chunks(n_rows, n_cols)
-    sumsq = torch.empty(n_rows, n_chunks, dtype=torch.float32, device=g.device)  # (N, C)
-    _gp_fwd_kernel[(n_rows, n_chunks)](g, sumsq, n_cols, chunk_size, BLOCK=block)
+    p = plan(n_rows, n_cols)
+    sumsq = torch.empty(n_rows, p["n_chunks"], dtype=torch.float32, device=g.device)  # (N, C)
+    _gp_fwd_kernel[(n_rows, p["n_chunks"])](g, sumsq, n_cols, p["chunk_size"], **p["meta"]["_gp_fwd_kernel"])
     norm = torch.empty(n_rows, dtype=torch.float32, device=g.device)  # (N,)
     loss = torch.empty((), dtype=g.dtype, device=g.device)
-    _gp_loss_kernel[(1,)](sumsq, norm, loss, n_rows, n_chunks, float(target),
-                          BLOCK_N=min(1024, triton.next_power_of_2(n_rows)))
+    _gp_loss_kernel[(1,)](sumsq, norm, loss, n_rows, p["n_chunks"], float(target), **p["meta"]["_gp_loss_kernel"])
     return loss, norm
 
 
 def gradient_penalty_backward(go: torch.Tensor, g: torch.Tensor, norm: torch.Tensor, target: float):
     """d penalty / d g for the upstream scalar gradient go; g: (N, D), norm: (N,). Returns (N, D)."""
     n_rows, n_cols = g.shape
-    block, chunk_size, n_chunks = _chunks(n_rows, n_cols)
+    p = plan(n_rows, n_cols)
     dg = torch.empty_like(g)  # (N, D)
-    _gp_bwd_kernel[(n_rows, n_chunks)](g, norm, go.contiguous(), dg, n_rows, n_cols, chunk_size, float(target),
-                                       BLOCK=block)
+    _gp_bwd_kernel[(n_rows, p["n_chunks"])](g, norm, go.contiguous(), dg, n_rows, n_cols, p["chunk_size"],
+                                            float(target), **p["meta"]["_gp_bwd_kernel"])
     return dg
 
 
@@ -176,4 +206,10 @@ class GradientPenaltyFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, go):
         g, norm = ctx.saved_tensors
-        return gradient_penalty_backward(go, g, norm, ctx.target).view(ctx.shape), None
+        try:
+            with fallback.quiet():
+                dg = gradient_penalty_backward(go, g, norm, ctx.target)
+        except Exception as err:  # a backward kernel that cannot run: the reference's gradient
+            fallback.fail("gradient_penalty backward", err)
+            dg = fallback.reference_grad(gradient_penalty_reference, g, go, ctx.target)
+        return dg.view(ctx.shape), None

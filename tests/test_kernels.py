@@ -7,6 +7,8 @@ import os
 # (conftest.py sets it too, in case another test module imports kernels first.)
 os.environ["TRITON_INTERPRET"] = "1"
 
+import importlib  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 
 import pytest  # noqa: E402
@@ -14,6 +16,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import kernels  # noqa: E402
+from conftest import one_error_line  # noqa: E402
+from kernels import fallback  # noqa: E402
 from kernels import gradient_penalty, gradient_penalty_reference, pullaway, pullaway_reference  # noqa: E402
 
 PATHS = ["reference", "triton"]
@@ -150,8 +154,8 @@ def test_penalty_reference_gradcheck():
 
 # ---- pull-away --------------------------------------------------------------------------
 
-@sweep([(n, d) for n in (2, 3, 7, 64) for d in (2, 17, 1000)] + [(130, 2), (130, 17), (130, 520)],
-       [(3, 17), (64, 1000), (130, 17)])  # N > 128: tiles of the Gram matrix; D > 512: split-K
+@sweep([(n, d) for n in (2, 3, 7, 64) for d in (2, 17, 1000)] + [(20, 40), (130, 2), (130, 17), (130, 520)],
+       [(3, 17), (64, 1000), (130, 17)])  # N > 16, 32, 64: bigger tiles, then several; D > 512: split-K
 def test_pullaway_triton_matches_reference(triton_path, N, D, dtype):
     # D = 1 (all rows collinear, loss 1, gradient 0) is in test_pullaway_known_values
     torch.manual_seed(N * D)
@@ -266,3 +270,103 @@ def test_reference_is_fp32_under_autocast(fn, monkeypatch):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
         torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-9)
+
+
+# ---- a Triton failure falls back to the reference ----------------------------------------
+
+def _module(name):
+    return importlib.import_module(f"kernels.{name}")  # kernels.pullaway is also the function's name
+
+
+class FailingLauncher:
+    """A kernel whose launch fails as Triton's does without a C compiler; counts the tries."""
+
+    def __init__(self):
+        self.tries = 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.tries += 1
+            raise RuntimeError("Failed to compile the launcher: no C compiler (cc) found\nmore detail")
+        return launch
+
+
+@pytest.fixture
+def no_failure_yet(monkeypatch):
+    """A session whose Triton has not failed yet; the state is restored afterwards."""
+    pytest.importorskip("triton")
+    monkeypatch.setattr(fallback, "_error", None)
+    monkeypatch.setenv("GAN_KERNELS", "triton")
+
+
+@pytest.mark.parametrize("op, module, kernel, fn, reference", [
+    ("pullaway", "pullaway", "_pullaway_fwd_kernel", pullaway, pullaway_reference),
+    ("gradient_penalty", "gradient_penalty", "_gp_fwd_kernel", gradient_penalty, gradient_penalty_reference)])
+def test_forward_failure_falls_back_once(no_failure_yet, monkeypatch, capsys, op, module, kernel, fn, reference):
+    launcher = FailingLauncher()
+    monkeypatch.setattr(_module(module), kernel, launcher)
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 5) + 0.3
+    for _ in range(3):  # tried once, then the reference without retrying
+        out, grad = value_and_grad(fn, x)
+        assert kernels.last_path() == "reference"
+        ref, ref_grad = value_and_grad(reference, x)
+        assert torch.equal(out, ref) and torch.equal(grad, ref_grad)
+    assert launcher.tries == 1
+    other = gradient_penalty if fn is pullaway else pullaway
+    other(x)  # the other op takes the reference too
+    assert kernels.last_path() == "reference"
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"kernels: Triton failed in {op} (RuntimeError: Failed to compile the launcher")
+    assert "more detail" not in line and "reference" in line
+
+
+@pytest.mark.parametrize("module, kernel, fn, reference", [
+    ("pullaway", "_pullaway_bwd_kernel", pullaway, pullaway_reference),
+    ("gradient_penalty", "_gp_bwd_kernel", gradient_penalty, gradient_penalty_reference)])
+def test_backward_failure_falls_back_once(no_failure_yet, monkeypatch, capsys, module, kernel, fn, reference):
+    """The forward ran on Triton, its backward kernel cannot: the reference's gradient."""
+    monkeypatch.setattr(_module(module), kernel, FailingLauncher())
+    torch.manual_seed(0)
+    x = torch.randn(6, 10) + 0.3
+    out, grad = value_and_grad(fn, x)
+    assert kernels.last_path() == "reference"  # no Triton from now on
+    assert out.grad_fn is None and torch.equal(grad, value_and_grad(reference, x)[1])
+    assert "backward (RuntimeError" in one_error_line(capsys.readouterr().err)
+    fn(x)
+    assert kernels.last_path() == "reference" and capsys.readouterr().err == ""
+
+
+def test_failure_drops_what_triton_printed(no_failure_yet, monkeypatch, capsys):
+    """A failed ptxas prints the whole PTX to stdout before raising: not shown."""
+    def launch(*args, **kwargs):
+        print("// a thousand lines of PTX")
+        raise RuntimeError("`ptxas` failed with error code 255")
+    monkeypatch.setattr(_module("pullaway"), "_pullaway_fwd_kernel", type("K", (), {"__getitem__": lambda s, g: launch})())
+    pullaway(torch.randn(3, 4))
+    captured = capsys.readouterr()
+    assert captured.out == "" and "ptxas" in one_error_line(captured.err)
+
+
+def test_no_gpu_driver_falls_back_in_a_fresh_process():
+    """Triton compiled (not interpreted) on a machine without a GPU: its real launch error,
+    one stderr line, the reference's values."""
+    pytest.importorskip("triton")
+    code = ("import torch, kernels\n"
+            "kernels.INTERPRETED = True  # let GAN_KERNELS=triton take CPU tensors to the real launcher\n"
+            "x = torch.randn(4, 3, 8, 8, requires_grad=True)\n"
+            "for _ in range(2):\n"
+            "    a, b = kernels.gradient_penalty(x), kernels.pullaway(x)\n"
+            "    assert kernels.last_path() == 'reference'\n"
+            "    assert torch.equal(a, kernels.gradient_penalty_reference(x))\n"
+            "    assert torch.equal(b, kernels.pullaway_reference(x))\n"
+            "    (a + b).backward()\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(GAN_KERNELS="triton", CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    line = one_error_line(r.stderr)
+    assert line.startswith("kernels: Triton failed in gradient_penalty ("), line
+
