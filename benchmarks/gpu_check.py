@@ -96,7 +96,7 @@ class Section:
         self.name, self.title, self.budget, self.hard, self.cfg = name, title, budget, hard, cfg
         self.status, self.error, self.lines, self.seconds = "not run", "", [], 0.0
         self.notes = []  # lines after the section's table: the items skipped for time
-        self.extra = 0.0  # of the budget: what earlier sections left unused
+        self.own, self.extra = budget, 0.0  # the budget: its own, and what earlier sections left unused
         self.failures, self.skipped = 0, 0
         self.t0 = None
 
@@ -129,7 +129,12 @@ def one_line(e: BaseException) -> str:
 
 def md_table(header, rows) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out + ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+
+
+def cell(c) -> str:
+    """A table cell: one line, its | escaped."""
+    return " ".join(str(c).split()).replace("|", "\\|")
 
 
 # --------------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ def check_kernel(op, shape, dtype, device, triton_mode):
 
 
 def section_kernels(s: Section):
-    import kernels  # noqa: F401
+    import kernels
     cfg = s.cfg
     mode = "auto" if cfg.cuda else "triton"  # auto on CUDA: what a user gets must be the Triton path
     s.lines.append(f"GAN_KERNELS={mode} for the Triton path"
@@ -281,6 +286,11 @@ def section_kernels(s: Section):
                 rows.append(row)
     finally:
         _restore_env("GAN_KERNELS", saved)
+    fallback = getattr(kernels, "fallback", None)  # kernels/fallback.py: Triton's first failure, said once
+    broken = fallback.broken() if fallback and hasattr(fallback, "broken") else None
+    if broken:
+        s.lines.append(f"Triton failed, and every call since takes the reference: {broken}")
+        s.lines.append("")
     s.lines += md_table(["op", "shape", "dtype", "path", "forward error / tolerance", "backward error / tolerance",
                          "deterministic", "result"], rows)
 
@@ -351,7 +361,7 @@ def section_timings(s: Section):
             header = header or table[0]
             rows += [l for l in table[2:]]
         except (Exception, SystemExit) as e:  # noqa: BLE001
-            rows.append(f"| {op} | {shape[0]}x{shape[1]} | {dtype} | FAILED: {s.fail(what, e)} |")
+            rows.append(f"| {op} | {shape[0]}x{shape[1]} | {dtype} | FAILED: {cell(s.fail(what, e))} |")
         finally:
             sys.argv = old_argv
             _restore_env("GAN_KERNELS", saved)
@@ -472,7 +482,7 @@ def section_folder(s: Section):
                 syncs = (f"{counter.first} / {counter.later} ({counter.later / max(1, counter.steps - 1):.2f} a step)"
                          if cfg.cuda else "n/a (CPU)")
                 where = ", ".join(f"{w} x{c}" for w, c in counter.where.most_common(3))
-                other = "; ".join(f"{m} (x{c})" for m, c in counter.other.most_common(2)).replace("|", "/")
+                other = "; ".join(f"{m} (x{c})" for m, c in counter.other.most_common(2))
                 ok = counter.later == 0
                 if not ok:
                     s.failures += 1
@@ -486,6 +496,16 @@ def section_folder(s: Section):
     s.lines += md_table(["script", "setting", "ran as", "steps", "seconds", "images/s (last row)",
                          "syncs: first step / later steps", "where (later steps)", "other warnings in steps",
                          "result"], rows)
+
+
+def compile_payback(eager, compiled):
+    """(what compiling added in seconds, the steps after which the compiled run is ahead, None if
+    it is never faster) from each run's (seconds, steps, steady seconds a step): the time each
+    run spent beyond its steady pace, compiled minus eager (start-up, grids and checkpoints
+    cancel out), over the time a compiled step saves."""
+    (e_secs, e_steps, e_per), (c_secs, c_steps, c_per) = eager, compiled
+    extra = (c_secs - c_steps * c_per) - (e_secs - e_steps * e_per)
+    return extra, (extra / (e_per - c_per) if e_per > c_per else None)
 
 
 def section_compile(s: Section):
@@ -524,15 +544,14 @@ def section_compile(s: Section):
             except Exception as e:  # noqa: BLE001
                 rows.append([name, comp, "", "", "", "", "", "", "", "", "FAILED: " + s.fail(what, e)])
         for comp, r in res.items():
-            per = r["batch"] / r["ips"]  # steady seconds a step
             cost = pay = speedup = ""
             if comp == "on" and "off" in res:
                 e = res["off"]
-                e_per = e["batch"] / e["ips"]
-                extra = (r["secs"] - r["steps"] * per) - (e["secs"] - e["steps"] * e_per)
+                extra, steps = compile_payback((e["secs"], e["steps"], e["batch"] / e["ips"]),
+                                               (r["secs"], r["steps"], r["batch"] / r["ips"]))
                 cost = f"{extra:.1f}"
                 speedup = f"{r['ips'] / e['ips']:.2f}x"
-                pay = f"{extra / (e_per - per):,.0f}" if e_per > per else "never (no faster)"
+                pay = "never (no faster)" if steps is None else f"{steps:,.0f}"
             syncs = r["syncs"] if cfg.cuda else "n/a (CPU)"
             rows.append([name, comp, r["ran"], f"{r['secs']:.1f}", f"{r['first']:.2f}", f"{r['ips']:.1f}",
                          speedup, cost, pay, syncs, "ok"])
@@ -733,10 +752,12 @@ def write_report(path: Path, head, sections, done: bool) -> None:
     lines = list(head)
     lines.append(f"- total time: {total:.0f} s (budget {TOTAL_BUDGET_S:.0f} s)" + ("" if done else "; still running"))
     lines += ["", "## Summary", ""]
-    lines += md_table(["section", "status", "seconds", "budget s", "note"],
-                      [[s.name, s.status, f"{s.seconds:.0f}" if s.t0 else "", f"{s.budget:.0f}",
-                        s.error or (f"{s.failures} row(s) failed" if s.failures else "")
-                        + (f"; {s.skipped} item(s) skipped for time" if s.skipped else "")] for s in sections])
+    lines += md_table(["section", "status", "seconds", "budget s (+ left over before)", "note"],
+                      [[s.name, s.status, f"{s.seconds:.0f}" if s.t0 else "",
+                        f"{s.own:.0f}" + (f" + {s.extra:.0f}" if s.extra >= 1 else ""),
+                        s.error or "; ".join([f"{s.failures} row(s) failed"] * bool(s.failures)
+                                             + [f"{s.skipped} item(s) skipped for time"] * bool(s.skipped))]
+                       for s in sections])
     for i, s in enumerate(sections, 1):
         lines += ["", f"## {i}. {s.title}", ""]
         if s.status == "not run":
@@ -846,12 +867,11 @@ def _check(a, argv, cfg, sections) -> int:
             if left < 10:
                 s.status, s.error = "skipped", "the check's whole budget was spent"
                 continue
-            own = s.budget
             s.extra = max(0.0, slack)
-            s.budget = own + s.extra
+            s.budget = s.own + s.extra
             s.hard = min(1.25 * s.budget + 5, left - 5)
             run_section(s, a.inject_failure)
-            slack += own - s.seconds
+            slack += s.own - s.seconds
             write_report(out, head, sections, done=False)
     finally:
         write_report(out, head, sections, done=True)

@@ -190,3 +190,20 @@ def test_an_item_past_the_section_budget_is_skipped_and_said():
     assert s.skipped == 1 and s.notes == ["- skipped dcgan 64x64 auto: the section's budget (0 s) was spent"]
     s.budget = 60.0
     assert s.may_start("dcgan 64x64 off")
+
+
+def test_sync_counter_sets_the_debug_mode_only_while_a_step_runs(monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    counter = gpu_check.SyncCounter(cuda=True)
+    seen = []
+    counter.wrap(lambda: seen.append(list(modes)))()
+    assert seen == [["warn"]] and modes == ["warn", "default"]
+
+
+def test_compile_payback():
+    # eager: 10 s for 100 steps at 0.09 s a step (1 s of start-up); compiled: 36 s for 100 steps
+    # at 0.05 s (31 s of start-up and compiling): 30 s more, paid back after 30 / 0.04 = 750 steps
+    extra, steps = gpu_check.compile_payback((10.0, 100, 0.09), (36.0, 100, 0.05))
+    assert extra == pytest.approx(30.0) and steps == pytest.approx(750.0)
+    assert gpu_check.compile_payback((10.0, 100, 0.05), (36.0, 100, 0.06))[1] is None  # never faster
