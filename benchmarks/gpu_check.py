@@ -577,7 +577,7 @@ def section_speed(s: Section):
                                           + " ".join(cfg.speed_flags) + "."))
     s.lines.append("")
     # the 64x64 rows first, DCGAN's and BEGAN's auto first among them (the compile section's graphs
-    # are in the compile cache); then 128x128
+    # may be in the compile cache: the same networks, batch and flags); then 128x128
     order = [(m, small, "off") for m in MODELS] + [(m, small, "auto") for m in ("dcgan", "began")]
     order += [(m, small, "auto") for m in MODELS if m not in ("dcgan", "began")]
     order += [(m, large, st) for m in ("dcgan", "began") for st in ("off", "auto")]
@@ -771,6 +771,7 @@ def write_report(path: Path, head, sections, done: bool) -> None:
         lines += s.lines
         if s.notes:
             lines += [""] + s.notes
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
 
