@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from evaluate import model_class  # noqa: E402
 from ganzoo.batches import Batches  # noqa: E402
 from ganzoo.data import Images, resolve_data_args  # noqa: E402
-from ganzoo.loop import one_step  # noqa: E402
+from ganzoo.loop import builds_group_norm, one_step  # noqa: E402
 from ganzoo.scale import autocast, channels_last, device_summary, pick_device, prepare_model, resolve_speed  # noqa: E402
 
 MODELS = ("dcgan", "lsgan", "wgan", "wgan_gp", "dragan", "ebgan", "began")
@@ -74,9 +74,13 @@ def build(name, flags, size, batch, device):
     # batches are synthetic, so the path only stands in for one
     args.dataset, args.path, args.channels, args.image_size = "folder", "(synthetic)", 3, (size, size)
     resolve_data_args(args)
-    resolve_speed(args, device, args.steps)  # as a folder run of the paper's length resolves them
+    cls = model_class(name)
+    group_norm = device.type == "cuda" and args.channels_last == "auto" and builds_group_norm(cls, args)
+    resolve_speed(args, device, args.steps, group_norm)  # as a folder run of the paper's length resolves them
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as a run sets it (ganzoo.loop.setup_device)
     torch.manual_seed(0)
-    model = prepare_model(model_class(name)(args, (3, size, size), device), args, for_training=True)
+    model = prepare_model(cls(args, (3, size, size), device), args, for_training=True)
     data = Images(torch.randint(0, 256, (max(1024, 4 * args.batch_size), 3, size, size), dtype=torch.uint8))
     batches = Batches(data, args.batch_size, 0, device, channels_last=channels_last(args, device))
     amp = autocast(args, device)
