@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import fallback
+from .fallback import fail, quiet, reference_grad
 
 try:
     import triton
@@ -207,9 +207,9 @@ class GradientPenaltyFunction(torch.autograd.Function):
     def backward(ctx, go):
         g, norm = ctx.saved_tensors
         try:
-            with fallback.quiet():
+            with quiet():
                 dg = gradient_penalty_backward(go, g, norm, ctx.target)
         except Exception as err:  # a backward kernel that cannot run: the reference's gradient
-            fallback.fail("gradient_penalty backward", err)
-            dg = fallback.reference_grad(gradient_penalty_reference, g, go, ctx.target)
+            fail("gradient_penalty backward", err)
+            dg = reference_grad(gradient_penalty_reference, g, go, ctx.target)
         return dg.view(ctx.shape), None

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import fallback
+from .fallback import fail, quiet, reference_grad
 
 try:
     import triton
@@ -290,9 +290,9 @@ class PullawayFunction(torch.autograd.Function):
     def backward(ctx, go):
         s, gram, rho = ctx.saved_tensors
         try:
-            with fallback.quiet():
+            with quiet():
                 ds = pullaway_backward(go, s, gram, rho)
         except Exception as err:  # a backward kernel that cannot run: the reference's gradient
-            fallback.fail("pullaway backward", err)
-            ds = fallback.reference_grad(pullaway_reference, s, go)
+            fail("pullaway backward", err)
+            ds = reference_grad(pullaway_reference, s, go)
         return ds.view(ctx.shape)

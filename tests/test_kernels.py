@@ -240,7 +240,7 @@ def test_dispatch_errors(monkeypatch):
 
 def test_imports_and_runs_without_triton(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
-    for name in ["kernels", "kernels.gradient_penalty", "kernels.pullaway"]:
+    for name in ["kernels", "kernels.fallback", "kernels.gradient_penalty", "kernels.pullaway"]:
         monkeypatch.delitem(sys.modules, name)
     import kernels as fresh
     assert fresh is not kernels and fresh.triton is None
