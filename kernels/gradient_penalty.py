@@ -145,15 +145,24 @@ def _gp_bwd_kernel(
 INTERPRETED = triton is not None and type(_gp_fwd_kernel).__name__ == "InterpretedFunction"
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n >= 1 (triton.next_power_of_2 without its wrapper's cost)."""
+    return 1 << (n - 1).bit_length()
+
+
 def plan(n_rows: int, n_cols: int) -> dict:
     """How the host functions launch the kernels for g (n_rows, n_cols): the chunking of the rows
     (block: elements per load, chunk_size: elements per program, n_chunks: programs per row)
     and each kernel's meta-parameters (constexprs and num_warps). Pure: the ahead-of-time
     compile test calls it over the shapes the scripts produce."""
-    block = min(BLOCK_COLS, triton.next_power_of_2(n_cols))
-    n_chunks = max(1, min(triton.cdiv(PROGRAMS, n_rows), triton.cdiv(n_cols, MIN_CHUNK)))
-    chunk_size = triton.cdiv(triton.cdiv(n_cols, n_chunks), block) * block
-    return dict(block=block, chunk_size=chunk_size, n_chunks=triton.cdiv(n_cols, chunk_size), meta={
+    block = min(BLOCK_COLS, _pow2(n_cols))
+    n_chunks = max(1, min(_cdiv(PROGRAMS, n_rows), _cdiv(n_cols, MIN_CHUNK)))
+    chunk_size = _cdiv(_cdiv(n_cols, n_chunks), block) * block
+    return dict(block=block, chunk_size=chunk_size, n_chunks=_cdiv(n_cols, chunk_size), meta={
         "_gp_fwd_kernel": dict(BLOCK=block, num_warps=NUM_WARPS),
         "_gp_loss_kernel": dict(BLOCK_N=BLOCK_ROWS, num_warps=NUM_WARPS),
         "_gp_bwd_kernel": dict(BLOCK=block, num_warps=NUM_WARPS)})

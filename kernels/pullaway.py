@@ -210,9 +210,18 @@ def _pullaway_bwd_kernel(
              mask=(i[:, None] < n_rows) & (d[None, :] < n_cols))
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two >= n >= 1 (triton.next_power_of_2 without its wrapper's cost)."""
+    return 1 << (n - 1).bit_length()
+
+
 def _block(n: int, cap: int) -> int:
     """A power-of-two block for n, at least 16 (tl.dot's smallest side), at most cap."""
-    return max(16, min(cap, triton.next_power_of_2(n)))
+    return max(16, min(cap, _pow2(n)))
 
 
 def plan(n_rows: int, n_cols: int) -> dict:
@@ -220,16 +229,16 @@ def plan(n_rows: int, n_cols: int) -> dict:
     (n_splits chunks of chunk_size columns) and each kernel's meta-parameters (constexprs and
     num_warps). Pure: the ahead-of-time compile test calls it over the shapes the scripts produce."""
     block_n = _block(n_rows, 64)  # (block_n, block_n) tiles of S S^T
-    tiles = triton.cdiv(n_rows, block_n)
+    tiles = _cdiv(n_rows, block_n)
     # split D so that tiles^2 * n_splits programs fill the GPU, each reading at least MIN_CHUNK
-    n_splits = max(1, min(PROGRAMS // tiles**2, triton.cdiv(n_cols, MIN_CHUNK)))
+    n_splits = max(1, min(PROGRAMS // tiles**2, _cdiv(n_cols, MIN_CHUNK)))
     block_k, fwd_warps = FWD_TILES[block_n]
     step = max(16, block_k)  # chunks start at multiples of 16 elements: aligned, vectorized loads
-    chunk_size = triton.cdiv(triton.cdiv(n_cols, n_splits), step) * step
+    chunk_size = _cdiv(_cdiv(n_cols, n_splits), step) * step
     bwd_cols = _block(n_cols, BWD_BLOCK_COLS)
-    return dict(tiles=tiles, n_splits=triton.cdiv(n_cols, chunk_size), chunk_size=chunk_size,
-                cos_tiles=triton.cdiv(n_rows, COS_BLOCK),
-                bwd_grid=(triton.cdiv(n_rows, block_n), triton.cdiv(n_cols, bwd_cols)), meta={
+    return dict(tiles=tiles, n_splits=_cdiv(n_cols, chunk_size), chunk_size=chunk_size,
+                cos_tiles=_cdiv(n_rows, COS_BLOCK),
+                bwd_grid=(_cdiv(n_rows, block_n), _cdiv(n_cols, bwd_cols)), meta={
         "_pullaway_fwd_kernel": dict(BLOCK_N=block_n, BLOCK_K=block_k, num_warps=fwd_warps),
         "_pullaway_cos_kernel": dict(BLOCK_N=COS_BLOCK, num_warps=COS_WARPS),
         "_pullaway_bwd_kernel": dict(BLOCK_N=block_n, BLOCK_J=BWD_BLOCK_J, BLOCK_COLS=bwd_cols,
