@@ -15,8 +15,10 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
 from conftest import ROOT  # noqa: E402
+
+sys.path.insert(0, str(ROOT))  # ahead of benchmarks/, whose kernels.py another test module may have put first
+import kernels  # noqa: E402
 
 MODULES = {op: importlib.import_module(f"kernels.{op}") for op in ("gradient_penalty", "pullaway")}
 sys.path.insert(0, str(ROOT / "benchmarks"))
