@@ -296,6 +296,7 @@ def no_failure_yet(monkeypatch):
     """A session whose Triton has not failed yet; the state is restored afterwards."""
     pytest.importorskip("triton")
     monkeypatch.setattr(fallback, "_error", None)
+    monkeypatch.setattr(fallback, "_worked", False)
     monkeypatch.setenv("GAN_KERNELS", "triton")
 
 
@@ -346,6 +347,38 @@ def test_failure_drops_what_triton_printed(no_failure_yet, monkeypatch, capsys):
     pullaway(torch.randn(3, 4))
     captured = capsys.readouterr()
     assert captured.out == "" and "ptxas" in one_error_line(captured.err)
+
+
+def test_failed_launcher_build_is_one_line_with_the_compilers_reason(no_failure_yet, monkeypatch, capfd):
+    """No Python headers: the C compiler that builds Triton's launcher prints its errors straight to
+    file descriptor 2, then Triton raises; the one line carries the compiler's reason."""
+    def launch(*args, **kwargs):
+        os.write(2, b"/tmp/x/main.c:1:10: fatal error: Python.h: No such file or directory\n"
+                    b"compilation terminated.\n")
+        raise subprocess.CalledProcessError(1, ["/usr/bin/gcc", "/tmp/x/main.c"])
+    monkeypatch.setattr(_module("gradient_penalty"), "_gp_fwd_kernel", type("K", (), {"__getitem__": lambda s, g: launch})())
+    x = torch.randn(3, 8)
+    assert torch.equal(gradient_penalty(x), gradient_penalty_reference(x))
+    line = one_error_line(capfd.readouterr().err)
+    assert line.startswith("kernels: Triton failed in gradient_penalty (CalledProcessError: Command")
+    assert "[/tmp/x/main.c:1:10: fatal error: Python.h: No such file or directory]" in line
+
+
+def test_what_a_working_first_call_prints_is_passed_on(no_failure_yet, monkeypatch, capfd):
+    real = _module("pullaway")._pullaway_cos_kernel
+
+    class Talking:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                os.write(2, b"a warning from C\n")
+                print("a line on stdout")
+                return real[grid](*args, **kwargs)
+            return launch
+    monkeypatch.setattr(_module("pullaway"), "_pullaway_cos_kernel", Talking())
+    pullaway(torch.randn(3, 8))
+    assert kernels.last_path() == "triton"
+    out, err = capfd.readouterr()
+    assert out == "a line on stdout\n" and err == "a warning from C\n"
 
 
 def test_no_gpu_driver_falls_back_in_a_fresh_process():
