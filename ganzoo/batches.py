@@ -43,6 +43,11 @@ class Batches:
             self._x = data.x.to(device) if fits else data.x
         self._perm = None  # this epoch's order, on the device that holds the data
 
+    @property
+    def data_device(self):
+        """Where the decoded data set is kept (the device when it fits there); None: streamed."""
+        return self._x.device if self._x is not None else None
+
     def state(self):
         return {"epoch": self.epoch, "pos": self.pos, "global_batch": self.bs * self.world}
 

@@ -182,7 +182,7 @@ def test_no_step_waits_for_a_copy_to_the_device(module, on_device, monkeypatch):
     data = _data()
     with Traffic() as setup:
         batches = Batches(data, 4, 0, META, channels_last=True, flip=True)
-    assert (batches._x.device == META) == on_device  # kept on the device when it fits
+    assert (batches.data_device == META) == on_device  # kept on the device when it fits
     assert setup.pinned_bytes == []  # the data set is never pinned (it was, whole, in every rank)
     bad = torch.full((), -1, dtype=torch.long, device=META)
     with Traffic() as traffic, PythonValues() as values:

@@ -187,7 +187,7 @@ def test_the_training_evaluator_makes_its_judge_when_it_is_made(monkeypatch):
     from ganzoo import evaluation, metrics
     made = []
     monkeypatch.setattr(metrics, "classifier", lambda hw, seed=0, source="digits", path=None:
-                        made.append(source) or (metrics._new_net(0), 0.9))
+                        made.append(source) or (metrics.DigitNet(), 0.9))
     evaluation.scorer.cache_clear()
     try:
         ev = evaluation.training_evaluator(argparse.Namespace(dataset="digits", image_size=(16, 16), path=None),
