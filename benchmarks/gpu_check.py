@@ -416,6 +416,18 @@ def read_run(run_dir: Path):
     return rows, json.loads((run_dir / "config.json").read_text())
 
 
+def folder_run(cfg, name, tag, steps, flags, counter: SyncCounter):
+    """`name`.py for `steps` steps on the generated folder (the check's own flags, then `flags`),
+    its step counted by `counter`: (seconds, metrics rows, config); raises on a non-zero exit."""
+    out = cfg.tmp / "runs" / f"{name}-{tag}"
+    argv = ["--path", cfg.folder, "--steps", steps, "--out", out, "--no-progress", "--seed", "0",
+            "--log-every", cfg.log_every, *flags, *cfg.tiny, *cfg.model_flags.get(name, [])]
+    code, text, secs = run_script(name, argv, counter)
+    if code != 0:
+        raise RuntimeError(f"exit status {code}: {last_error(text)}")
+    return (secs, *read_run(out))
+
+
 def ran_as(config) -> str:
     return f"amp {config.get('amp')}, cl {config.get('channels_last')}, compile {config.get('compile')}"
 
@@ -469,15 +481,10 @@ def section_folder(s: Section):
             if not s.may_start(what):
                 continue
             counter = SyncCounter(cfg.cuda)
-            out = cfg.tmp / "runs" / f"{name}-{setting.strip('-').replace(' ', '-')}"
-            argv = ["--path", cfg.folder, "--steps", cfg.steps, "--out", out, "--no-progress", "--seed", "0",
-                    "--log-every", cfg.log_every, *cfg.tiny, *cfg.model_flags.get(name, []), *extra]
             row = [name, setting]
             try:
-                code, text, secs = run_script(name, argv, counter)
-                if code != 0:
-                    raise RuntimeError(f"exit status {code}: {last_error(text)}")
-                metrics, config = read_run(out)
+                secs, metrics, config = folder_run(cfg, name, setting.strip("-").replace(" ", "-"), cfg.steps,
+                                                   extra, counter)
                 ips = metrics[-1].get("images_per_s")
                 syncs = (f"{counter.first} / {counter.later} ({counter.later / max(1, counter.steps - 1):.2f} a step)"
                          if cfg.cuda else "n/a (CPU)")
@@ -527,14 +534,9 @@ def section_compile(s: Section):
             if not s.may_start(what):
                 continue
             counter = SyncCounter(cfg.cuda)
-            out = cfg.tmp / "runs" / f"{name}-compile-{comp}"
-            argv = ["--path", cfg.folder, "--steps", cfg.compile_steps, "--out", out, "--no-progress", "--seed", "0",
-                    "--log-every", cfg.log_every, "--compile", comp, *cfg.tiny, *cfg.model_flags.get(name, [])]
             try:
-                code, text, secs = run_script(name, argv, counter)
-                if code != 0:
-                    raise RuntimeError(f"exit status {code}: {last_error(text)}")
-                metrics, config = read_run(out)
+                secs, metrics, config = folder_run(cfg, name, f"compile-{comp}", cfg.compile_steps,
+                                                   ["--compile", comp], counter)
                 later = metrics[len(metrics) // 2:] or metrics
                 ips = statistics.median(r["images_per_s"] for r in later)
                 res[comp] = dict(secs=secs, ips=ips, batch=config["batch_size"], first=counter.step_s[0],
