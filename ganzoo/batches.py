@@ -101,7 +101,7 @@ class Batches:
             x = self._next_streamed()
         else:
             if self._perm is None:  # once an epoch: the order goes to the data's device, without a wait
-                self._perm = to_device(self._order(), self._x.device if self._x is not None else torch.device("cpu"))
+                self._perm = to_device(self._order(), self.data_device or torch.device("cpu"))
             idx = self._mine(self._perm, self.pos)
             x = self._x[idx] if self._x is not None else self.data.batch(idx)
         x = to_device(x, self.device)  # (B, C, H, W) uint8; from the host: through pinned memory
