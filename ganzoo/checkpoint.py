@@ -15,6 +15,8 @@ from .errors import Fault, Interrupted, UserError
 from .scale import match_optimizer_layout, prepare_model
 
 CHECKPOINT = "checkpoint.pt"
+SNAPSHOT = "checkpoint_step_{step:07d}.pt"  # --keep-every's step-stamped copies, beside CHECKPOINT
+SNAPSHOT_GLOB = "checkpoint_step_*.pt"
 
 
 def plain(v):

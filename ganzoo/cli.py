@@ -19,7 +19,8 @@ NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.,eE+-]*$")
 # Flags that may change when a run is resumed; every other flag comes from the checkpoint.
 RESUMABLE_FLAGS = {"steps", "out", "device", "workers", "data_memory_gb", "path", "log_every", "eval_every",
                    "sample_every", "checkpoint_every", "no_progress", "resume", "sample", "n",
-                   "interpolate", "real_row", "no_cache", "amp", "channels_last", "compile", "sync_bn"}
+                   "interpolate", "real_row", "no_cache", "amp", "channels_last", "compile", "sync_bn",
+                   "keep_every", "inception_weights"}
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -296,13 +297,21 @@ def _run_flags(p) -> None:
     g.add_argument("--out", type=str, default=None,
                    help="run directory (default runs/<model>/<timestamp>); with --sample, the output file")
     g.add_argument("--resume", type=str, default=None, metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="continue a run from its checkpoint up to --steps in total")
+                   help="continue a run from its checkpoint up to --steps in total; 'auto': continue the run in --out "
+                        "when it holds one, else start it (for torchrun --max-restarts and requeued jobs)")
     g.add_argument("--log-every", type=positive_int, default=50, help="steps between metrics lines")
     g.add_argument("--sample-every", type=positive_int, default=250, help="steps between sample grids")
     g.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps between checkpoints")
+    g.add_argument("--keep-every", type=int, default=0,
+                   help="steps between kept step-stamped copies of the checkpoint (checkpoint_step_NNNNNNN.pt, "
+                        "for evaluate.py along the run); 0: keep only the last")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     g.add_argument("--eval-every", type=int, default=0,
-                   help="steps between quality metrics (evaluate.py) in metrics.jsonl; 0: off; the labelled data sets only (not a folder)")
+                   help="steps between quality metrics (evaluate.py) in metrics.jsonl; 0: off; a folder gets "
+                        "Inception FID (needs requirements-fid.txt)")
+    g.add_argument("--inception-weights", type=str, default=None, metavar="PATH",
+                   help="Inception weights file for FID on a machine without internet (default: "
+                        "$GANZOO_INCEPTION_WEIGHTS, else torch-fidelity downloads them)")
     g = p.add_argument_group("speed and scale (none changes a model's equations)")
     g.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="mixed precision: autocast the forward passes (fp16 with a gradient scaler); gradient "

@@ -11,6 +11,7 @@ import torch
 from . import metrics
 from .checkpoint import CHECKPOINT, checkpoint_path
 from .cli import size_str
+from .data import LABELLED
 from .errors import UserError
 from .sample import generate_n
 
@@ -30,6 +31,16 @@ def training_evaluator(args, device):
     UserError when the data set has no labels (a folder)."""
     s = scorer(args.dataset, tuple(args.image_size), device, getattr(args, "path", None))
     return lambda sample_fn: s(sample_fn(s.n))
+
+
+def _check_training_evaluator(args) -> None:
+    """Before any data is loaded: UserError for a run training_evaluator cannot score."""
+    if args.dataset not in LABELLED:
+        raise UserError(f"--eval-every: no quality metric for --dataset {args.dataset}: the metrics need a judge "
+                        "classifier trained on labelled images, and a folder has no labels")
+
+
+training_evaluator.check = _check_training_evaluator
 
 
 def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, seed: int = 0,

@@ -18,7 +18,7 @@ from .batches import Batches
 from .checks import RunLock, check_memory, check_run_dir, check_values
 from .checkpoint import load_checkpoint, plain, restore, restore_rng, upgrade_config
 from .cli import RESUMABLE_FLAGS
-from .data import LABELLED, load_data, resolve_data_args
+from .data import load_data, resolve_data_args
 from .errors import Diverged, UserError
 from .images import grid
 from .logs import NoWriter, RunWriter, new_run_dir
@@ -30,13 +30,13 @@ from .scale import (agree, autocast, channels_last, cpu_has_native, ema_update, 
 def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
     """Train `model_cls` (a common.GAN) on the data the arguments name; returns the exit
     status. make_evaluator(args, device), when given, makes the --eval-every callback:
-    evaluator(sample_fn) -> {metric: value}, sample_fn(n) -> n generated images."""
+    evaluator(sample_fn) -> {metric: value}, sample_fn(n) -> n generated images; its optional
+    make_evaluator.check(args) raises UserError for a run it cannot evaluate."""
     ckpt, ckpt_file = resume_settings(model_cls, args, explicit)  # (None, None) for a new run
     resolve_data_args(args)
     check_values(args, getattr(model_cls, "min_batch", 1))  # before any data is loaded or file written
-    if args.eval_every and args.dataset not in LABELLED:
-        raise UserError(f"--eval-every: no quality metric for --dataset {args.dataset}: the metrics need a judge "
-                        "classifier trained on labelled images, and a folder has no labels")
+    if args.eval_every and make_evaluator and hasattr(make_evaluator, "check"):
+        make_evaluator.check(args)  # refuses, in one line, a data set it cannot score (before any data is loaded)
     check_memory(model_cls, args, (args.channels, *args.image_size))
     device = setup_device(args, args.steps - (int(ckpt["step"]) if ckpt else 0), model_cls)
     run_dir = Path(args.out) if args.out else new_run_dir(model_cls.name)
