@@ -1,11 +1,16 @@
 """Checkpoints: one file, checkpoint.pt, written atomically; tensors and plain values only,
 loaded with torch.load(weights_only=True), so opening one never runs code. It carries its own
-config, so that a resumed run and a sampler rebuild the same model."""
+config, so that a resumed run and a sampler rebuild the same model. --keep-every keeps
+step-stamped copies beside it; a run that starts in a folder removes the temporary files of
+writers that were killed mid-write."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -17,6 +22,7 @@ from .scale import match_optimizer_layout, prepare_model
 CHECKPOINT = "checkpoint.pt"
 SNAPSHOT = "checkpoint_step_{step:07d}.pt"  # --keep-every's step-stamped copies, beside CHECKPOINT
 SNAPSHOT_GLOB = "checkpoint_step_*.pt"
+TEMPORARY = re.compile(r"^.+\.pt\.(\d+)\.tmp$")  # NAME.pt.PID.tmp: a file being written by process PID
 
 
 def plain(v):
@@ -70,9 +76,8 @@ def checksum(ckpt: dict) -> str:
 
 
 def save_checkpoint(path: Path, model, step: int, batches, fixed_z, config: dict) -> None:
-    """Atomically: write a temporary file of this process's own beside it, flush it to disk,
-    then rename. A failed write (a full disk) or a second Ctrl-C during it removes the
-    temporary file and leaves the previous checkpoint as it was."""
+    """Atomically (atomic()): a temporary file of this process's own beside it, flushed to disk,
+    then renamed; a failed write leaves the previous checkpoint as it was."""
     ckpt = {
         "model": model.name,
         "step": step,
@@ -90,16 +95,25 @@ def save_checkpoint(path: Path, model, step: int, batches, fixed_z, config: dict
                 "cuda": torch.cuda.get_rng_state(model.device) if model.device.type == "cuda" else None},
     }
     ckpt["checksum"] = checksum(ckpt)
+    with atomic(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic(path: Path, kept: str | None = None):
+    """Yields the temporary name (path.PID.tmp) to write; renames it to path when the block
+    ends. A failure (a full disk) or a second Ctrl-C removes the temporary file and leaves
+    what path held; it becomes one line (Fault, Interrupted) that says so, or `kept`."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
+        if kept is None:
+            kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
         if isinstance(e, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
             raise Interrupted(f"interrupted again while writing {path}; {kept}") from None
         if isinstance(e, (OSError, RuntimeError)):
@@ -107,6 +121,54 @@ def save_checkpoint(path: Path, model, step: int, batches, fixed_z, config: dict
                 or "No space" in str(e) else (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
             raise Fault(f"could not write {path} ({why}); {kept}") from None
         raise
+
+
+def keep_snapshot(path: Path, step: int) -> Path:
+    """The step-stamped copy (SNAPSHOT) of the checkpoint just written at path, beside it, made
+    atomically as the checkpoint is: a hard link (no bytes copied: later checkpoints replace
+    path by a rename, never rewrite the file), or a copy where the file system has no links."""
+    dest = path.with_name(SNAPSHOT.format(step=step))
+    with atomic(dest, kept=f"{path} (step {step}) is written") as tmp:
+        tmp.unlink(missing_ok=True)  # one left by an earlier process that had this pid
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+    return dest
+
+
+def alive(pid: int) -> bool:
+    """Whether process pid runs on this machine (another user's process counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):  # no process can have that number
+        return False
+    return True
+
+
+def remove_stale_temporaries(run_dir: Path) -> tuple[int, int]:
+    """Remove the temporary files (NAME.pt.PID.tmp) of checkpoints and snapshots that writers
+    killed mid-write left in run_dir: those whose process is gone, never this process's or
+    another live one's. Returns (files removed, bytes freed: a hard-linked file frees none)."""
+    removed = freed = 0
+    for f in Path(run_dir).glob("*.pt.*.tmp"):
+        m = TEMPORARY.match(f.name)
+        if not m or int(m.group(1)) == os.getpid() or alive(int(m.group(1))):
+            continue
+        try:
+            st = f.stat()
+            f.unlink()
+        except OSError:  # gone already, or not ours to remove: left as it is
+            continue
+        removed += 1
+        freed += st.st_size if st.st_nlink == 1 else 0
+    return removed, freed
 
 
 def checkpoint_path(path_or_dir: str) -> Path:

@@ -183,3 +183,111 @@ def test_a_resume_with_another_layout_puts_the_optimizer_state_in_the_parameters
     names = [n for n, _ in model.D.named_parameters()]
     for i, n in enumerate(names):
         assert final["optimizers"]["D"]["state"][i]["exp_avg"].stride() == final["nets"]["D"][n].stride(), n
+
+
+# ---- --keep-every snapshots and the temporaries of killed writers ------------------------------
+def test_keep_every_keeps_loadable_snapshots_at_its_multiples(tmp_path):
+    from ganzoo.checkpoint import load_checkpoint
+    run = tmp_path / "r"
+    args = TINY + ["--steps", "8", "--keep-every", "4", "--out", run]  # checkpoints every 2 steps
+    assert run_main("dcgan", args) == 0
+    snaps = sorted(p.name for p in run.glob("checkpoint_step_*.pt"))
+    assert snaps == ["checkpoint_step_0000004.pt", "checkpoint_step_0000008.pt"]
+    at4 = (run / snaps[0]).read_bytes()
+    for name, step in zip(snaps, (4, 8)):
+        ckpt, _ = load_checkpoint(str(run / name), "dcgan")  # its checksum checked
+        assert ckpt["step"] == step
+    assert (run / snaps[1]).read_bytes() == (run / "checkpoint.pt").read_bytes()
+    # the checkpoints written after step 4 (6, 8) replaced checkpoint.pt, never the snapshot's bytes
+    four, last = (torch.load(run / n, weights_only=True) for n in snaps)
+    assert any(not torch.equal(v, last["nets"]["G"][k]) for k, v in four["nets"]["G"].items())
+    # a resumed run adds its own and leaves the earlier ones as they were
+    assert run_main("dcgan", TINY + ["--steps", "12", "--resume", run]) == 0
+    assert sorted(p.name for p in run.glob("checkpoint_step_*.pt")) == snaps + ["checkpoint_step_0000012.pt"]
+    assert (run / snaps[0]).read_bytes() == at4 and not list(run.glob("*.tmp"))
+    assert load_checkpoint(str(run / "checkpoint_step_0000012.pt"))[0]["step"] == 12
+
+
+def test_a_snapshot_is_a_hard_link_or_else_a_copy(tmp_path, monkeypatch):
+    import os
+    from ganzoo.checkpoint import keep_snapshot
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"step 100")
+    snap = keep_snapshot(ckpt, 100)
+    assert snap == tmp_path / "checkpoint_step_0000100.pt" and snap.stat().st_ino == ckpt.stat().st_ino
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)
+    ckpt.write_bytes(b"step 200")
+    snap = keep_snapshot(ckpt, 200)
+    assert snap.read_bytes() == b"step 200" and snap.stat().st_ino != ckpt.stat().st_ino
+    (tmp_path / f"checkpoint_step_0000300.pt.{os.getpid()}.tmp").write_bytes(b"left by a process of this pid")
+    ckpt.write_bytes(b"step 300")
+    assert keep_snapshot(ckpt, 300).read_bytes() == b"step 300"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt", "checkpoint_step_0000100.pt", "checkpoint_step_0000200.pt", "checkpoint_step_0000300.pt"]
+
+
+def test_a_failed_snapshot_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import os
+    import shutil
+    from ganzoo.checkpoint import keep_snapshot
+    from ganzoo.errors import Fault
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"x" * 100)
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    def full(src, dst):
+        open(dst, "wb").write(b"x")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(Fault, match=r"checkpoint_step_0000002.pt \(the disk is full\); .*checkpoint.pt \(step 2\) "
+                                    "is written"):
+        keep_snapshot(ckpt, 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(p.stdout)
+
+
+def test_a_run_removes_the_temporaries_of_killed_writers_never_a_live_ones(tmp_path, capsys):
+    """What kill -9 during a write leaves (checkpoint.pt.PID.tmp, a snapshot's too) is removed
+    when the run resumes; a temporary of a live process (a sleeping one, this one) is kept."""
+    import os
+    import subprocess
+    from ganzoo.checkpoint import remove_stale_temporaries
+    run = tmp_path / "r"
+    assert run_main("dcgan", TINY + ["--out", run]) == 0
+    dead = _dead_pid()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = {run / f"checkpoint.pt.{dead}.tmp": 3000, run / f"checkpoint_step_0000002.pt.{dead}.tmp": 1000}
+        live = [run / f"checkpoint.pt.{sleeper.pid}.tmp"]
+        others = [run / "notes.tmp", run / "checkpoint.pt.x.tmp", run / "samples" / f"a.pt.{dead}.tmp"]
+        for p, n in [*stale.items(), *((p, 10) for p in live + others)]:
+            p.write_bytes(b"\0" * n)
+        capsys.readouterr()
+        assert run_main("dcgan", TINY + ["--steps", "6", "--resume", run]) == 0
+        err = capsys.readouterr().err
+        assert f"dcgan: removed 2 temporary file(s) of writers that were killed mid-write in {run} (3.9 KiB freed)" \
+            in err.splitlines()
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in live + others)
+        # this process's own is kept too (the run above wrote its checkpoints through that name);
+        # a hard link frees no bytes
+        mine = run / f"checkpoint_step_0000006.pt.{os.getpid()}.tmp"
+        mine.write_bytes(b"being written")
+        os.link(run / "checkpoint.pt", run / f"checkpoint.pt.{dead}.tmp")
+        assert remove_stale_temporaries(run) == (1, 0) and mine.exists()
+        assert remove_stale_temporaries(run) == (0, 0)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert remove_stale_temporaries(run) == (1, 10) and not live[0].exists()  # its writer is gone now
