@@ -1,6 +1,10 @@
 """ganzoo.evaluation and evaluate.py: the --eval-every callback (and that it leaves a run's
-weights untouched), and the evaluate.py command line."""
+weights untouched), the evaluate.py command line, a run's snapshots as rows in step order
+with their curve, and --fid's one line where the FID extra is not installed (tests/test_fid.py
+tests FID itself)."""
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -8,17 +12,74 @@ import torch
 
 import evaluate
 from ganzoo import metrics
+from ganzoo.checkpoint import SNAPSHOT
+from ganzoo.evaluation import find_checkpoints
 from conftest import TINY, one_error_line, run_main, run_script
 
 
-def test_training_evaluator_rejects_other_data(tmp_path, capsys, judge):
+FID_EXTRA = importlib.util.find_spec("torch_fidelity") is not None
+
+
+def test_eval_every_on_a_folder_without_the_fid_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    """A folder has no judge: --eval-every logs Inception FID, and without torch-fidelity says
+    in one line what to install, before any data is loaded or file written."""
     from PIL import Image
     for i in range(8):
         Image.new("L", (16, 16), 40 * i).save(tmp_path / f"{i}.png")
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # as if not installed, in any venv
     argv = TINY + ["--path", tmp_path, "--eval-every", "2", "--out", tmp_path / "r"]
     assert run_main("dcgan", argv) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "need a judge" in line and "folder" in line
+    assert "--eval-every on a folder logs Inception FID" in line and "pip install -r requirements-fid.txt" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_fid_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    assert run_main("dcgan", TINY + ["--out", tmp_path / "r"]) == 0
+    if not FID_EXTRA:  # the main venv: really not installed, as a user runs it
+        r = run_script("evaluate.py", tmp_path / "r", "--fid")
+        assert r.returncode == 2
+        line = one_error_line(r.stderr)
+    else:
+        monkeypatch.setitem(sys.modules, "torch_fidelity", None)
+        capsys.readouterr()
+        assert evaluate.main([str(tmp_path / "r"), "--fid"]) == 2
+        line = one_error_line(capsys.readouterr().err)
+    assert ": error: FID needs" in line and "pip install -r requirements-fid.txt" in line
+
+
+def snapshot_run(run):
+    """A run with snapshots at steps 2 and 4 (a copy of checkpoint.pt each, as --keep-every
+    writes them) and checkpoint.pt at step 6."""
+    assert run_main("dcgan", TINY + ["--image-size", "32", "--steps", "2", "--out", run]) == 0
+    (run / SNAPSHOT.format(step=2)).write_bytes((run / "checkpoint.pt").read_bytes())
+    assert run_main("dcgan", ["--resume", run, "--steps", "4", "--no-progress"]) == 0
+    (run / SNAPSHOT.format(step=4)).write_bytes((run / "checkpoint.pt").read_bytes())
+    assert run_main("dcgan", ["--resume", run, "--steps", "6", "--no-progress"]) == 0
+    (run / SNAPSHOT.format(step=6)).write_bytes((run / "checkpoint.pt").read_bytes())  # checkpoint.pt's own step
+    return run
+
+
+def test_a_run_gives_a_row_per_snapshot_in_step_order_and_a_curve(tmp_path, capsys, monkeypatch, judge):
+    run = snapshot_run(tmp_path / "runs" / "a")
+    assert [p.name for p in find_checkpoints([run])] == [SNAPSHOT.format(step=2), SNAPSHOT.format(step=4),
+                                                         "checkpoint.pt"]  # step 6's snapshot: the same weights
+    r = run_script("evaluate.py", run, "--n", "300", "--json", tmp_path / "t.json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [x["step"] for x in rows] == [2, 4, 6] and rows[-1]["checkpoint"] == str(run / "checkpoint.pt")
+    assert len({x["fd"] for x in rows}) == 3  # three different networks
+    png = run / "eval-curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in r.stderr
+    # a folder of runs: each run's snapshots, the picture in the runs' common folder, or beside --markdown
+    assert [p.parent.name for p in find_checkpoints([tmp_path / "runs"])] == ["a"] * 3
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # matplotlib missing: the table, and one line
+    capsys.readouterr()
+    assert evaluate.main([str(run), "--n", "300", "--markdown", str(tmp_path / "t.md")]) == 0
+    out, err = capsys.readouterr()
+    assert out == (tmp_path / "t.md").read_text() and out.count("| dcgan |") == 3
+    assert one_error_line(err).endswith(": no curve picture: matplotlib is not installed (pip install matplotlib)")
+    assert not (tmp_path / "t-curve.png").exists()
 
 
 def test_eval_every_logs_metrics_and_changes_nothing_else(tmp_path, monkeypatch, request, judge):
