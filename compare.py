@@ -6,6 +6,7 @@
     python compare.py --dataset fashion-mnist --steps 2000 --jobs 2       # two trainings at once
     python compare.py --steps 4000 --from runs/compare/stacked-digits-32-2000steps  # continue shorter runs
     python compare.py --curves runs/compare/stacked-mnist-28-8000steps --png curves.png   # learning curves
+    python compare.py --dataset cifar10 --path cifar-10-batches-py --fid  # + Inception FID, KID, IS, P/R
 
 Each script is run as a user would (python X.py --dataset D --image-size S --steps N --seed k
 --out OUT/X/seed<k> --no-progress, output in OUT/X/seed<k>/train.log): the same data,
@@ -19,6 +20,10 @@ checkpoint of each run is evaluated (no picking), then:
     OUT/results.md     the table: each metric as mean ± std over seeds, images/s, wall time
     OUT/results.json   the same, with every run's numbers
     OUT/gallery.png    one row of samples per model (and one of real images), from one fixed z seed
+
+--fid adds Inception FID, KID, IS and precision/recall (torch-fidelity: pip install -r
+requirements-fid.txt; 10,000 samples unless --n; docs/evaluation.md) of each last checkpoint
+against the training split, as columns beside the judge's.
 
 --jobs N trains N runs at once, each with its share of the CPU threads (OMP_NUM_THREADS,
 unless set) or, with several GPUs, each on its own GPU in turn. Interrupted, the same
@@ -60,12 +65,12 @@ import numpy as np
 import torch
 
 from evaluate import evaluate_checkpoint, load_model
-from ganzoo import curves, metrics
+from ganzoo import curves, fidelity, metrics
 from ganzoo.checkpoint import CHECKPOINT, load_checkpoint, plain, upgrade_config
 from ganzoo.cli import HelpFormatter, image_size, positive_int, size_str
 from ganzoo.data import LABELLED, default_image_size, load_data, resolve_data_args
 from ganzoo.errors import UserError
-from ganzoo.evaluation import METRICS, evaluate_real, fmt, scorer
+from ganzoo.evaluation import METRICS, evaluate_real, evaluate_real_fid, fmt, scorer
 from ganzoo.images import grid
 from ganzoo.sample import generate_n
 from ganzoo.scale import cpu_features, pick_device
@@ -99,6 +104,12 @@ def build_parser():
                    help="an earlier comparison's folder: its runs (same settings, fewer steps) are copied into "
                         "--out and resumed instead of trained from step 0; OLD is not changed")
     p.add_argument("--train-only", action="store_true", help="train (or resume) the runs and score nothing")
+    p.add_argument("--fid", action="store_true",
+                   help="also Inception FID, KID, IS and precision/recall of each last checkpoint (torch-fidelity: "
+                        "pip install -r requirements-fid.txt), 10,000 samples unless --n")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help=f"--fid's Inception weights file offline (default: ${fidelity.WEIGHTS_ENV}, else torch-fidelity's "
+                        "download)")
     g = p.add_argument_group("learning curves (--curves: nothing is trained)")
     g.add_argument("--curves", nargs="+", type=Path, metavar="SRC", default=None,
                    help="draw curves from comparisons' --out folders (their runs' metrics) and/or results.md files "
@@ -204,15 +215,25 @@ def speed(run_dir: Path) -> tuple[float, float]:
     return float((np.array([r["images_per_s"] for r in rows]) * secs).sum() / secs.sum()), float(secs.sum())
 
 
+def fid_n(args) -> int:
+    return args.n_given or fidelity.EVAL_N
+
+
 def evaluation(run_dir: Path, args, device) -> dict:
-    """The run's last checkpoint scored (cached in its eval.json)."""
+    """The run's last checkpoint scored (cached in its eval.json); with --fid the Inception
+    metrics too (the table's fid ... columns)."""
     key = {"step": args.steps, "n": args.n, "version": metrics.VERSION, "prdc_k": metrics.PRDC_K}
+    if args.fid:
+        key["fid"] = {"n": fid_n(args), "version": fidelity.VERSION}
     cache = run_dir / "eval.json"
     if cache.is_file():
         saved = json.loads(cache.read_text())
         if saved["key"] == key:
             return saved["row"]
     row = evaluate_checkpoint(run_dir, device, args.n)
+    if args.fid:
+        fid = evaluate_checkpoint(run_dir, device, fid_n(args), fid=True, weights=args.inception_weights)
+        row.update({k: fid[k] for k in fidelity.METRICS}, fid_n=fid["n"], fid_reference=fid["reference"])
     cache.write_text(json.dumps({"key": key, "row": row}, indent=2) + "\n")
     return row
 
@@ -275,6 +296,7 @@ def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
     stacked = judge.stacked
     cover = ["modes", "confident_modes"] if stacked else ["classes"]
     quality = cover + ["kl", "confident", "fd", "kid", "precision", "recall", "density", "coverage"]
+    quality += list(fidelity.METRICS) if args.fid else []
     keys = quality + ["images_per_s", "wall_s"]
     results = summary(runs, args.models, keys)
     command = shlex.join(["python", "compare.py", *argv])
@@ -300,7 +322,10 @@ def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
         + f"; kl: KL(generated || {'uniform' if stacked else 'real class histogram'}); confident: share of "
         f"samples classified with p >= {metrics.CONFIDENT}; precision, recall, density, coverage: k = "
         f"{metrics.PRDC_K}; images/s: real images a run consumed per second (critic iterations included); "
-        "wall time: a run's training loop.", "",
+        "wall time: a run's training loop."
+        + (f" fid, kid_inception, is, precision_inception, recall_inception: Inception metrics of "
+           f"{fid_n(args):,} samples against {real.get('fid_reference', '')} ({fidelity.protocol(*fidelity_weights(args))})."
+           if args.fid else ""), "",
         "| model | " + " | ".join(quality) + " | images/s | wall time (min) | runs |",
         "|---|" + "---|" * (len(quality) + 3)]
     for model, res in results.items():
@@ -317,6 +342,12 @@ def report(args, argv, script_args, runs, real, judge) -> tuple[str, dict]:
                   "image_size": hw, "steps": args.steps, "seeds": seeds, "n": args.n, "script_args": script_args,
                   "judge": judge.source, "classifier_accuracy": judge.accuracy, "models": results, "real": real,
                   "runs": runs}
+
+
+def fidelity_weights(args) -> tuple:
+    """(the Inception weights file, its sha256), checked (UserError in one line)."""
+    p = fidelity.weights_path(args.inception_weights)
+    return p, fidelity.extractor(p.resolve())[1]
 
 
 def job_env(i: int, jobs: int) -> dict | None:
@@ -393,9 +424,13 @@ def main(argv=None) -> int:
     args.image_size = tuple(args.image_size or default_image_size(args.dataset))
     hw = args.image_size
     args.out = args.out or Path("runs/compare") / f"{args.dataset}-{size_str(hw)}-{args.steps}steps"
+    args.n_given = args.n
     try:
         device = pick_device(args.device)
         check_data(args)  # first: a bad setting fails before hours of training
+        if args.fid and not args.train_only:
+            fidelity.require()
+            fidelity_weights(args)  # the weights checked before any training
         runs = train_all(args, script_args)
         if args.train_only:
             done = sum(not r["failed"] for r in runs)
@@ -408,6 +443,11 @@ def main(argv=None) -> int:
                 run.update(evaluation(Path(run["run_dir"]), args, device))
                 run["images_per_s"], run["wall_s"] = speed(Path(run["run_dir"]))
         real = evaluate_real(args.dataset, hw, device, args.n, path=args.path)
+        done = [r for r in runs if not r["failed"]]
+        if args.fid and done:
+            fid = evaluate_real_fid(load_checkpoint(done[0]["run_dir"])[0]["config"], device, fid_n(args),
+                                    args.inception_weights)
+            real.update({k: fid[k] for k in fidelity.METRICS}, fid_reference=fid["reference"])
         pictures = []  # the same z (generate_n's fixed seed) for every model, from its first finished run
         for model in args.models:
             done = [r for r in runs if r["model"] == model and not r["failed"]]

@@ -1,14 +1,16 @@
 """compare.py: a tiny two-model comparison writes results.md (titled by its models),
 results.json and gallery.png, and its runs draw learning curves; a rerun redoes nothing; a
-longer --steps resumes the runs; the speed bookkeeping."""
+longer --steps resumes the runs; the speed bookkeeping; --fid without the FID extra (tests/test_fid.py
+runs it with the extra)."""
 import json
 import os
+import sys
 
 import pytest
 from PIL import Image
 
 import compare
-from conftest import run_main
+from conftest import one_error_line, run_main
 from ganzoo import curves
 
 TINY_SCRIPT = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--sample-every", "2",
@@ -157,3 +159,13 @@ def test_from_copies_an_earlier_comparisons_runs_and_resumes_them(tmp_path, caps
                          "--first-seed", "1", "--train-only", "--out", str(new), "--", *TINY_SCRIPT]) == 2
     err = capsys.readouterr().err
     assert "is at step 2, past --steps 1" in err and "training" not in err
+
+
+def test_fid_without_the_extra_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # as where it is not installed
+    out = tmp_path / "cmp"
+    assert compare.main(["--models", "dcgan", "--dataset", "digits", "--steps", "2", "--seeds", "1", "--fid",
+                         "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "FID needs" in line and "pip install -r requirements-fid.txt" in line
+    assert not (out / "dcgan").exists()  # nothing trained

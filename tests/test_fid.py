@@ -320,3 +320,19 @@ def test_a_folder_run_without_weights_is_refused_before_training(tmp_path, monke
     line = one_error_line(capsys.readouterr().err)
     assert "--eval-every on a folder logs Inception FID" in line and "--inception-weights" in line
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_compare_fid_adds_the_inception_columns(tmp_path, monkeypatch, capsys, weights):
+    import compare
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "cmp"
+    argv = ["--models", "dcgan", "--dataset", "digits", "--image-size", "16", "--steps", "2", "--seeds", "1",
+            "--n", "20", "--gallery-n", "2", "--fid", "--inception-weights", str(weights), "--out", str(out), "--",
+            "--width", "4", "--batch-size", "8", "--checkpoint-every", "1", "--log-every", "1"]
+    assert compare.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["models"]["dcgan"]) >= set(fidelity.METRICS) | {"fd", "kl"}
+    assert res["models"]["dcgan"]["fid"]["values"][0] > 0 and res["real"]["fid"] >= 0
+    md = (out / "results.md").read_text()
+    assert "| fid | kid_inception | is |" in md and "digits training split: 20 of 1,797" in md
+    assert "torch-fidelity" in md
