@@ -40,8 +40,123 @@ def test_the_decoded_cache_is_built_reused_and_rebuilt(tmp_path, monkeypatch):
     for npy in (tmp_path / "cache" / "data").glob("*.npy"):  # a corrupt cache is rebuilt, never trusted
         npy.write_bytes(b"garbage")
     fourth = load_folder(root, (16, 16), 3, 0, 2**30)
-    assert "was corrupt" in fourth.note and torch.equal(fourth.x, third.x)
+    assert "(rebuilt)" in fourth.note and torch.equal(fourth.x, third.x)
     assert "decoded" not in load_folder(root, (16, 16), 3, 0, 2**30, cache=False).note  # --no-cache
+
+
+def random_pics(root, n=60):
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
+def the_cache(tmp_path):
+    (npy,) = (tmp_path / "cache" / "data").glob("*.npy")
+    return npy
+
+
+def test_a_cache_whose_bytes_changed_is_rebuilt_with_one_line(tmp_path, monkeypatch, capsys):
+    """Issue 41: 50 images' worth of the decoded cache overwritten with zeros (the same file
+    size) was memory-mapped and trained on without a word. Its crc32s no longer match: one line
+    names the cache and says it is rebuilt, and the data are a fresh decode's."""
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    root = random_pics(tmp_path / "imgs")
+    fresh = load_folder(root, (16, 16), 3, 0, 2**30, cache=False).x
+    assert torch.equal(load_folder(root, (16, 16), 3, 0, 2**30).x, fresh)
+    npy = the_cache(tmp_path)
+    size, header = npy.stat().st_size, npy.stat().st_size - fresh.numel()
+    with open(npy, "r+b") as f:  # images 5..54 zeroed, in place
+        f.seek(header + 5 * 3 * 16 * 16)
+        f.write(bytes(50 * 3 * 16 * 16))
+    assert npy.stat().st_size == size
+    capsys.readouterr()
+    data = load_folder(root, (16, 16), 3, 0, 2**30)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(npy) in err[0] and "checksum does not match" in err[0] and "rebuilding" in err[0]
+    assert "(rebuilt)" in data.note and torch.equal(data.x, fresh)
+    again = load_folder(root, (16, 16), 3, 0, 2**30)  # the rebuilt copy is sound: mapped, no line
+    assert "memory-mapped" in again.note and torch.equal(again.x, fresh) and capsys.readouterr().err == ""
+    with open(npy, "r+b") as f:  # one bit of the last image flipped: found too
+        f.seek(size - 1)
+        b = f.read(1)
+        f.seek(size - 1)
+        f.write(bytes([b[0] ^ 1]))
+    assert torch.equal(load_folder(root, (16, 16), 3, 0, 2**30).x, fresh)
+    assert "checksum does not match" in capsys.readouterr().err
+
+
+def test_a_run_on_a_changed_cache_says_so_once_and_trains_on_the_images(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    root = random_pics(tmp_path / "imgs", n=16)
+    argv = ["--path", root, "--steps", "2", "--batch-size", "4", "--width", "4", "--image-size", "16",
+            "--no-progress", "--sample-every", "2", "--checkpoint-every", "2"]
+    assert run_main("dcgan", argv + ["--out", tmp_path / "a"]) == 0
+    npy = the_cache(tmp_path)
+    raw = bytearray(npy.read_bytes())
+    raw[-16 * 16 * 16 * 3:] = bytes(16 * 16 * 16 * 3)  # every image zeroed: any batch would differ
+    npy.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert run_main("dcgan", argv + ["--out", tmp_path / "b"]) == 0
+    err = capsys.readouterr().err
+    assert sum("rebuilding it from the images" in l for l in err.splitlines()) == 1
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("a", "b"))
+    assert all(torch.equal(v, b["nets"]["G"][k]) for k, v in a["nets"]["G"].items())  # the same data
+
+
+def test_a_cache_without_a_checksum_is_rebuilt_once(tmp_path, monkeypatch, capsys):
+    """A copy written before the checksums may already be the changed one: it is rebuilt (one
+    line), never blessed with a checksum of what it holds now."""
+    import json
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    root = random_pics(tmp_path / "imgs", n=8)
+    fresh = load_folder(root, (16, 16), 3, 0, 2**30).x
+    meta = the_cache(tmp_path).with_suffix(".json")
+    info = json.loads(meta.read_text())
+    assert info["bytes"] == the_cache(tmp_path).stat().st_size and len(info["crc32"]) == 1
+    meta.write_text(json.dumps({k: info[k] for k in ("files", "images", "skipped")}))  # the old format
+    np.save(the_cache(tmp_path), np.zeros((8, 3, 16, 16), np.uint8))  # and what it holds changed
+    capsys.readouterr()
+    data = load_folder(root, (16, 16), 3, 0, 2**30)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "without a checksum" in line and "rebuilding" in line and torch.equal(data.x, fresh)
+    assert json.loads(meta.read_text())["crc32"] == info["crc32"]
+
+
+def test_the_checksum_is_crc32_per_chunk_the_same_on_threads(tmp_path):
+    import zlib
+    f = tmp_path / "blob"
+    raw = np.random.default_rng(1).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    f.write_bytes(raw)
+    want = [zlib.crc32(raw[i:i + 4096]) for i in (0, 4096, 8192)]
+    assert data_mod.file_checksum(f, 4096, threads=1) == data_mod.file_checksum(f, 4096, threads=2) == want
+    assert data_mod.file_checksum(f) == [zlib.crc32(raw)]
+
+
+def test_under_torchrun_local_rank_0_checks_and_rebuilds_the_others_map_it(tmp_path, monkeypatch):
+    """Two ranks on a node sharing a changed cache: local rank 0 finds the mismatch and rebuilds
+    (one line), rank 1 waits and maps the rebuilt copy without reading it all again."""
+    from test_torchrun import LOAD, _torchrun
+    monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
+    root = random_pics(tmp_path / "imgs", n=12)
+    fresh = load_folder(root, (16, 16), 3, 0, 2**30).x
+    npy = the_cache(tmp_path)
+    raw = bytearray(npy.read_bytes())
+    raw[-3 * 16 * 16:] = bytes(3 * 16 * 16)
+    npy.write_bytes(bytes(raw))
+    run = tmp_path / "run"
+    run.mkdir()
+    r, (r0, r1) = _torchrun(run, LOAD, root, "cache")
+    assert r.returncode == 0, r.stderr
+    assert (r0["decoded"], r1["decoded"]) == (12, 0)
+    assert sum("rebuilding it from the images" in l for l in r.stderr.splitlines()) == 1
+    import hashlib
+    assert r0["sha"] == r1["sha"] == hashlib.sha256(fresh.contiguous().numpy().tobytes()).hexdigest()
+    checked = []
+    monkeypatch.setattr(data_mod, "file_checksum", lambda *a, **k: checked.append(1) or [])
+    data_mod.cached_folder(npy, 12, (3, 16, 16), verify=False)
+    assert checked == []
 
 
 def test_a_run_uses_the_cache_and_resumes_on_it(tmp_path):
