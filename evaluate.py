@@ -178,9 +178,8 @@ def build_parser():
                    help="--fid's Inception weights file (torch-fidelity's weights-inception-2015-12-05-6726825d.pth) "
                         f"on a machine without internet (default: ${fidelity.WEIGHTS_ENV}, else torch-fidelity's "
                         "download into torch's hub folder)")
-    p.add_argument("--dataset", choices=[*metrics.DATASETS, *(["folder"] if "folder" not in metrics.DATASETS else [])],
-                   default=None,
-                   help="data set of the --real row (default: the first checkpoint's, else digits)")
+    p.add_argument("--dataset", choices=[*metrics.DATASETS, "folder"], default=None,
+                   help="data set of the --real row (default: the first checkpoint's, else digits; folder: with --fid)")
     p.add_argument("--path", default=None, help="the --real row's data files, where its data set takes --path")
     p.add_argument("--image-size", type=image_size, default=None,
                    help="image size of the --real row (default: the first checkpoint's, else 32)")
