@@ -11,8 +11,7 @@ paper defines its own, losses, optimizers and update rule. From here it takes:
                         small-data value, source, help); the parser built from them
     main()              the entry point: train, or --sample; bad input -> one line, exit 2
 
-Everything that is the same for all seven (data, batches, the training loop, checkpoints,
-scale, images, metrics) is in the ganzoo package, one module per concern.
+Everything the same for all seven (data, batches, the loop, checkpoints, scale...) is in ganzoo/.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ import torch.nn as nn
 from ganzoo.cli import (VALID_SIDES, Hyper, explicit_flags, make_parser, non_negative, non_negative_int, positive_int,
                         side_levels)
 from ganzoo.augment import diffaug
-from ganzoo.errors import Diverged, Fault, Interrupted, UserError
+from ganzoo.errors import Diverged, Fault, Interrupted, RankLost, UserError
 from ganzoo.evaluation import training_evaluator
 from ganzoo.loop import decayed_lr, train
 from ganzoo.sample import sample
@@ -269,8 +268,8 @@ def dcgan_init(module: nn.Module) -> None:
 # --------------------------------------------------------------------------------------
 
 def main(model_cls, parser, argv=None) -> int:
-    """Parse, then train (or sample). Bad input: one line on stderr, exit status 2; a
-    diverged run: one line, exit status 1 (from rank 0 only under torchrun)."""
+    """Parse, then train (or sample). Bad input: one line, exit 2; diverged (from rank 0 only under
+    torchrun), a fault or a lost rank: one line, exit 1; stopped by SIGINT/SIGTERM: 130/143 (train's)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
@@ -290,7 +289,8 @@ def main(model_cls, parser, argv=None) -> int:
         leave_together()
         return 1
     except Fault as e:  # a full disk, an unwritable file: the last good checkpoint is kept
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        if not isinstance(e, RankLost):  # torchrun: a lost rank's line is printed where it was seen
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # a second Ctrl-C, or one outside the training loop
         print(f"{parser.prog}: {e if isinstance(e, Interrupted) else 'interrupted'}", file=sys.stderr)

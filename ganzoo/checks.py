@@ -4,6 +4,7 @@ usable and owned by this process alone (a lock file with the owner's pid)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import weakref
@@ -185,14 +186,20 @@ def check_memory(model_cls, args, shape, data=None) -> None:
                         "--image-size, --width or --batch-size")
 
 
-def check_run_dir(run_dir: Path, resumed: bool) -> None:
+def check_run_dir(run_dir: Path, resumed: bool, restart_of: str | None = None) -> None:
     """--out: a folder this process can create and write in; a new run does not go into a
-    folder that holds another run (its checkpoint and metrics would be replaced)."""
+    folder that holds another run (its checkpoint and metrics would be replaced). restart_of
+    (--resume auto with no checkpoint in --out, the model's name): a folder whose run of that
+    model never reached its first checkpoint (killed early, restarted) is started again."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir}: is a file, not a folder")
     if not resumed and run_dir.is_dir():
         held = [f for f in RUN_FILES if (run_dir / f).exists()]
-        if held:
+        if held and restart_of and "checkpoint.pt" not in held:
+            model = run_model(run_dir)
+            if model not in (None, restart_of):
+                raise UserError(f"--out {run_dir}: holds a {model} run (config.json); give another --out")
+        elif held:
             raise UserError(f"--out {run_dir}: already holds a run ({held[0]}); continue it with --resume {run_dir}, "
                             "or give another --out")
     parent = run_dir
@@ -202,6 +209,14 @@ def check_run_dir(run_dir: Path, resumed: bool) -> None:
         raise UserError(f"--out {run_dir}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"--out {run_dir}: cannot create it ({parent} is not writable)")
+
+
+def run_model(run_dir: Path) -> str | None:
+    """The model named by run_dir/config.json, None where it cannot be read."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _alive(pid: int) -> bool:

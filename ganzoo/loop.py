@@ -1,8 +1,10 @@
-"""The training loop: a new run or a resumed one, one generator update a step, and every few
-steps a metrics row, a grid, an evaluation, a checkpoint; Ctrl-C and SIGTERM save and stop,
-a NaN stops without overwriting the last good checkpoint. Under torchrun every rank runs this
-same loop; only rank 0 writes (the others get logs.NoWriter). Side jobs come in as callbacks:
-the loop never imports what it calls for --eval-every."""
+"""The training loop: a new run or a resumed one (--resume auto: the run in --out if it holds
+one), one generator update a step, and every few steps a metrics row, a grid, an evaluation, a
+checkpoint; Ctrl-C and SIGTERM save, draw the last grid and stop (exit 130, 143), a NaN stops
+without overwriting the last good checkpoint. Under torchrun every rank runs this same loop,
+the ranks agree every step on a stop and stop together; only rank 0 writes (the others get
+logs.NoWriter); a lost rank stops the others with one line each. Side jobs come in as
+callbacks: the loop never imports what it calls for --eval-every."""
 from __future__ import annotations
 
 import json
@@ -16,15 +18,16 @@ import torch
 
 from .batches import Batches
 from .checks import RunLock, check_memory, check_run_dir, check_values
-from .checkpoint import load_checkpoint, plain, restore, restore_rng, upgrade_config
+from .checkpoint import CHECKPOINT, load_checkpoint, plain, restore, restore_rng, upgrade_config
 from .cli import RESUMABLE_FLAGS
 from .data import load_data, resolve_data_args
-from .errors import Diverged, UserError
+from .errors import Diverged, RankLost, UserError
 from .images import grid
 from .logs import NoWriter, RunWriter, new_run_dir
 from .sample import generate, generate_n
-from .scale import (agree, autocast, channels_last, cpu_has_native, ema_update, finite, has_group_norm,
-                    init_distributed, pick_device, prepare_model, rank, resolve_speed, wait_for_all, world)
+from .scale import (StopVote, agree, autocast, channels_last, collective_failure, cpu_has_native, ema_update, finite,
+                    has_group_norm, init_distributed, lost_ranks, pick_device, prepare_model, rank, resolve_speed,
+                    same_on_all_ranks, wait_for_all, world)
 
 
 def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
@@ -39,10 +42,26 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
         make_evaluator.check(args)  # refuses, in one line, a data set it cannot score (before any data is loaded)
     check_memory(model_cls, args, (args.channels, *args.image_size))
     device = setup_device(args, args.steps - (int(ckpt["step"]) if ckpt else 0), model_cls)
+    try:
+        return _prepare_and_train(model_cls, args, ckpt, ckpt_file, device, make_evaluator)
+    except RuntimeError as e:  # under torchrun, before the loop (which says more): another rank is gone
+        if not collective_failure(e):
+            raise
+        line = f"{model_cls.name}: rank {rank()}: lost contact with another rank before training; stopped"
+        print(line, file=sys.stderr, flush=True)
+        raise RankLost(line) from None
+
+
+def _prepare_and_train(model_cls, args, ckpt, ckpt_file, device, make_evaluator) -> int:
+    """The run directory checked and locked (rank 0), the data loaded, then _train."""
+    if not same_on_all_ranks(int(ckpt["step"]) if ckpt else -1):  # each rank looked in --out alone
+        raise UserError(f"--resume {args.resume}: the ranks found different checkpoints in {args.out} "
+                        "(was it written while they started?); start the job again")
     run_dir = Path(args.out) if args.out else new_run_dir(model_cls.name)
     lead = rank() == 0  # the rank that logs, draws grids, evaluates and writes checkpoints
+    restart_of = model_cls.name if args.resume == "auto" else None  # --resume auto, nothing to resume
     if lead:
-        check_run_dir(run_dir, ckpt is not None)
+        check_run_dir(run_dir, ckpt is not None, restart_of)
     data = load_data(args)
     check_same_data(ckpt, data, ckpt_file)
     if device.type == "cuda":  # again, with the data set that Batches keeps on the GPU
@@ -50,7 +69,7 @@ def train(model_cls, args, explicit: set[str], make_evaluator=None) -> int:
     lock = RunLock(run_dir) if lead else None  # the first file of the run
     try:
         if lead:
-            check_run_dir(run_dir, ckpt is not None)  # again, now that this process holds the folder
+            check_run_dir(run_dir, ckpt is not None, restart_of)  # again, now that this process holds the folder
         return _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_evaluator)
     finally:
         if lock:
@@ -81,7 +100,7 @@ def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_e
 
     step, meter, last_good = start, Meter(batches), (start if ckpt else None)
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite scalar
-    stop_all = False  # under torchrun: some rank was asked to stop (agreed at the sync points)
+    last_grid = None  # the step of the last grid drawn
 
     def due(every):
         return step % every == 0 or step == args.steps
@@ -94,6 +113,11 @@ def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_e
         last_good = step
         return True
 
+    def draw():
+        nonlocal last_grid
+        out.grid(step, lambda: grid(generate(model, fixed_z)))
+        last_grid = step
+
     def diverged() -> str:
         where = f"{out.checkpoint_path} (step {last_good})" if last_good is not None else "none was written yet"
         return (f"{model.name}: a loss became NaN or infinite at step {int(bad_step)} (stopped at step {step}); "
@@ -101,42 +125,101 @@ def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_e
                 f"(a resumed run keeps its settings)")
 
     out.start_bar(args.steps, start, model.name)
+    vote, signum = StopVote(), 0  # signum: the signal the ranks agreed to stop on (0: none)
     with StopFlag() as stop, closing(out):
-        while step < args.steps:
-            scalars, bad_step = one_step(model, args, batches, amp, step, bad_step)
-            step += 1
-            meter.add(scalars)
-            out.bar.update(1)
-            if due(args.log_every) or due(args.checkpoint_every):  # the only points that wait for the device
-                bad_step, stop_all = agree(bad_step, stop.hit)
-                if int(bad_step) >= 0:
+        try:
+            while step < args.steps:
+                scalars, bad_step = one_step(model, args, batches, amp, step, bad_step)
+                step += 1
+                meter.add(scalars)
+                out.bar.update(1)
+                if due(args.log_every) or due(args.checkpoint_every):  # the only points that wait for the device
+                    bad_step = agree(bad_step)
+                    if int(bad_step) >= 0:
+                        raise Diverged(diverged())
+                if due(args.log_every):
+                    out.row(meter.row(step, model))
+                if due(args.sample_every):
+                    draw()
+                if evaluator and due(args.eval_every):
+                    out.row({"step": step, **evaluator(lambda n: generate_n(model, n, args.seed))}, tag="eval/")
+                if due(args.checkpoint_every) and not save():
                     raise Diverged(diverged())
-            if due(args.log_every):
-                out.row(meter.row(step, model))
-            if due(args.sample_every):
-                out.grid(step, lambda: grid(generate(model, fixed_z)))
-            if evaluator and due(args.eval_every):
-                out.row({"step": step, **evaluator(lambda n: generate_n(model, n, args.seed))}, tag="eval/")
-            if due(args.checkpoint_every) and not save():
-                raise Diverged(diverged())
-            if stop.hit if world() == 1 else stop_all:
-                break
-    if (stop.hit or stop_all) and step < args.steps:
-        if not save():
-            out.say(diverged())
-            return 1
-        out.say(f"interrupted at step {step}; saved {out.checkpoint_path}. Continue with --resume {run_dir} "
-                f"--steps {args.steps}")
-    out.finish(f"{model.name}: done, step {step}; samples in {run_dir / 'samples'}, checkpoint {out.checkpoint_path}")
-    return 0
+                signum = vote(stop.signum, last=step == args.steps)  # the same on every rank
+                if signum:
+                    break
+            if signum and step < args.steps:
+                bad_step = agree(bad_step)  # every rank saves, or refuses to, alike
+                if last_good != step and not save():
+                    raise Diverged(diverged())
+        except RuntimeError as e:
+            if not collective_failure(e):
+                raise
+            line = lost_rank_line(model.name, step, last_good, run_dir)
+            print(line, file=sys.stderr, flush=True)  # now: torchrun's SIGTERM to this rank may follow
+            raise RankLost(line) from None
+        if last_grid != step:  # a run never ends without a grid of its last step
+            draw()
+    return finish(out, model.name, args, run_dir, step, signum if step < args.steps else 0)
+
+
+def finish(out, name: str, args, run_dir: Path, step: int, signum: int) -> int:
+    """The run's last line (each rank's when stopped by a signal) and its exit status: 0 when
+    it reached --steps, 128 + the signal's number when stopped (130 SIGINT, 143 SIGTERM)."""
+    if not signum:
+        out.finish(f"{name}: done, step {step}; {samples_where(run_dir)}, checkpoint {out.checkpoint_path}")
+        return 0
+    sig = signal.Signals(signum).name
+    if rank() == 0:
+        out.finish(f"{name}: interrupted by {sig} at step {step} of {args.steps}; saved {out.checkpoint_path}, "
+                   f"{samples_where(run_dir)}. {continue_hint(args, run_dir)}")
+    else:
+        print(f"{name}: rank {rank()}: interrupted by {sig} at step {step} with the other ranks; rank 0 saved "
+              f"{run_dir / CHECKPOINT}", file=sys.stderr)
+    return 128 + signum
+
+
+def samples_where(run_dir: Path) -> str:
+    """'samples in RUN/samples', or 'no sample grid' where the folder holds none."""
+    samples = run_dir / "samples"
+    return f"samples in {samples}" if any(samples.glob("step_*.png")) else "no sample grid"
+
+
+def continue_hint(args, run_dir: Path) -> str:
+    """How to continue an interrupted run: a command given --resume continues as it is; one
+    given --out, with --resume auto added; else --resume RUN."""
+    if args.resume and args.resume != "auto":
+        return "Continue with the same command"
+    if args.out:
+        return f"Continue with the same command plus --resume auto (or --resume {run_dir} --steps {args.steps})"
+    return f"Continue with --resume {run_dir} --steps {args.steps}"
+
+
+def lost_rank_line(name: str, step: int, last_good, run_dir: Path) -> str:
+    """Under torchrun, this rank's one line when a collective failed because another rank is
+    gone: which one (when this node shows it), where the last checkpoint is."""
+    lost = lost_ranks()
+    who = (f"rank {lost[0]}" if lost and len(lost) == 1 else f"ranks {', '.join(map(str, lost))}" if lost
+           else "another rank")
+    why = "its process ended" if lost else "a rank on another node, or its connection, failed"
+    ckpt = f"{run_dir / CHECKPOINT} (step {last_good})" if last_good is not None else "none was written yet"
+    return (f"{name}: rank {rank()}: lost {who} at step {step} ({why}); stopped. Last checkpoint: {ckpt}; "
+            "a restart with --resume auto continues from it")
 
 
 def resume_settings(model_cls, args, explicit: set[str]):
     """With --resume: the checkpoint and its path, and args set to the checkpoint's settings
-    (except the flags a resumed run may change); a changed setting is refused. Else (None, None)."""
+    (except the flags a resumed run may change); a changed setting is refused. --resume auto:
+    the same with --out's checkpoint when --out holds one. Else (None, None). Under torchrun
+    each rank decides alone, before any rank writes (train checks that they agree)."""
     if not args.resume:
         return None, None
-    ckpt, ckpt_file = load_checkpoint(args.resume, model_cls.name)
+    if args.resume == "auto":
+        if not args.out:
+            raise UserError("--resume auto: continues the run in --out, or starts it there; give --out")
+        if not (Path(args.out) / CHECKPOINT).is_file():
+            return None, None  # a new run (train: check_run_dir's restart_of)
+    ckpt, ckpt_file = load_checkpoint(args.out if args.resume == "auto" else args.resume, model_cls.name)
     saved = upgrade_config(ckpt["config"], model_cls.hyperparameters)
     if "path" in explicit and not saved.get("path") and args.path:
         raise UserError(f"{ckpt_file}: was trained on {saved.get('dataset')} without --path; a resumed run keeps "
@@ -298,12 +381,17 @@ class Meter:
 
 
 class StopFlag:
-    """Ctrl-C (SIGINT) or SIGTERM sets the flag; the loop saves a checkpoint after the step
-    in flight and exits 0. A second Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT) or SIGTERM sets signum (the first signal's); the loop saves a checkpoint
+    after the step in flight (under torchrun, the step the ranks agree on) and returns 128 +
+    signum. A second Ctrl-C stops at once."""
 
     def __init__(self):
-        self.hit = False
+        self.signum = 0
         self._old = {}
+
+    @property
+    def hit(self) -> bool:
+        return self.signum != 0
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -316,7 +404,7 @@ class StopFlag:
     def _handler(self, signum, frame):
         if self.hit and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.hit = True
+        self.signum = self.signum or signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

@@ -52,8 +52,19 @@ def init_distributed(args) -> torch.device | None:
     index = cuda_index() if cuda else None
     if cuda:
         torch.cuda.set_device(index)
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    backend = "nccl" if cuda else "gloo"
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        torch.distributed.init_process_group(backend)
+    else:
+        # torchrun's restarted workers share the store of the first attempt (torch 2.13), where the
+        # dead attempt's addresses are still found: a restarted rank could connect to one (gloo:
+        # 'Connection refused', then a hang). Each attempt gets keys of its own.
+        store, r, n = next(torch.distributed.rendezvous("env://"))
+        store = torch.distributed.PrefixStore(f"ganzoo/attempt{attempt}", store)
+        torch.distributed.init_process_group(backend, store=store, rank=r, world_size=n)
     patient_group()  # now, while every rank is here to make it (a group is made by all ranks at once)
+    vote_group()
     return torch.device("cuda", index) if cuda else torch.device("cpu")
 
 
@@ -127,15 +138,107 @@ def all_mean(t: torch.Tensor) -> torch.Tensor:
     return t / world()
 
 
-def agree(bad_step: torch.Tensor, stop_hit: bool):
-    """Under torchrun the ranks agree, at each log and checkpoint step, on divergence and on a
-    stop request (the latest of them), so that all stop at the same step: rank 0 refuses to
-    save a diverged model, and the others must know it at the same step."""
+def agree(bad_step: torch.Tensor) -> torch.Tensor:
+    """Under torchrun the ranks agree, at each log and checkpoint step, on divergence (the
+    earliest bad step any rank saw), so that all stop at the same step: rank 0 refuses to save
+    a diverged model, and the others must know it at the same step. This reads a device value:
+    the only waits for the device, so not every step."""
     if world() == 1:
-        return bad_step, stop_hit
-    t = torch.stack([bad_step, torch.tensor(int(stop_hit), device=bad_step.device)])
+        return bad_step
+    t = bad_step.clone()
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return t[0], bool(t[1])
+    return t
+
+
+_votes = None
+
+
+def vote_group():
+    """A gloo group over all ranks for StopVote's all-reduce of host values (None in one process);
+    made with the others in init_distributed. Its timeout is gloo's default (30 minutes)."""
+    global _votes
+    if _votes is None and distributed():
+        _votes = torch.distributed.new_group(backend="gloo")
+    return _votes
+
+
+class StopVote:
+    """Whether the ranks were asked to stop (SIGINT, SIGTERM), agreed every step without
+    waiting for the device. Each step every rank posts the signal it got (0: none) in an
+    all-reduce (MAX) of a host tensor on a gloo group, run in the background, and reads the
+    result of the previous step's: every rank learns of a stop at the same step, one step
+    after the signal. The host waits only for a rank whose host lags a step behind.
+
+        vote = StopVote()
+        signum = vote(stop.signum, last=step == steps)   # after each step; nonzero: stop now
+    """
+
+    def __init__(self):
+        self.work = self.buf = None
+
+    def __call__(self, signum: int, last: bool = False) -> int:
+        if world() == 1:
+            return signum
+        agreed = 0
+        if self.work is not None:
+            self.work.wait()
+            agreed, self.work = int(self.buf[0]), None
+        if not agreed and not last:  # nothing left outstanding when the loop ends
+            self.buf = torch.tensor([signum], dtype=torch.int32)
+            self.work = torch.distributed.all_reduce(self.buf, op=torch.distributed.ReduceOp.MAX,
+                                                     group=vote_group(), async_op=True)
+        return agreed
+
+
+def same_on_all_ranks(value: int) -> bool:
+    """Whether every rank holds the same integer (True in one process): a check, before
+    training, of what each rank decided alone (the checkpoint --resume auto found)."""
+    if world() == 1:
+        return True
+    t = torch.tensor([value, -value], dtype=torch.int64)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=patient_group())
+    return int(t[0]) == value and int(t[1]) == -value
+
+
+def collective_failure(e: BaseException) -> bool:
+    """Whether an exception raised under torchrun is a collective that failed because another
+    rank is gone (gloo: 'Connection reset/closed by peer'; NCCL: a watchdog or remote error):
+    torch raises these as RuntimeError, some as torch.distributed.DistError."""
+    if world() == 1 or not isinstance(e, RuntimeError):
+        return False
+    dist_error = getattr(torch.distributed, "DistError", None)
+    if dist_error is not None and isinstance(e, dist_error):
+        return True
+    text = str(e)
+    return any(s in text for s in ("gloo", "Gloo", "NCCL", "by peer", "Connection reset", "Broken pipe"))
+
+
+def lost_ranks() -> list[int] | None:
+    """The ranks of this node whose process is gone, read from /proc: torchrun starts a node's
+    ranks as children of one agent process, each with RANK in its environment. [] when every
+    rank of this node lives (the lost one was on another node, or only its connection failed);
+    None where this cannot be read (not torchrun, not Linux)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not os.path.isdir("/proc"):
+        return None
+    parent, alive = os.getppid(), set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            if int(ppid) != parent or state == "Z":  # Z: exited, not yet reaped by the agent
+                continue
+            with open(f"/proc/{d}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            alive.update(int(e[5:]) for e in env if e.startswith(b"RANK="))
+        except (OSError, ValueError, IndexError):
+            continue
+    if rank() not in alive:  # this process is not where the scan expects it: no answer
+        return None
+    local, n = local_ranks()
+    first = rank() - local
+    return [r for r in range(first, first + n) if r not in alive]
 
 
 def leave_together(timeout_s: float = 120.0) -> None:

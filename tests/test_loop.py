@@ -79,7 +79,7 @@ def test_lr_decay_linear_falls_to_zero_at_steps_and_resumes_bitwise(tmp_path, mo
     def ctrl_c_after_step_2(model, args, batches, amp, step, bad):
         out = real_step(model, args, batches, amp, step, bad)
         if step == 1 and "half" in str(args.out):
-            signal.raise_signal(signal.SIGINT)  # the loop saves after this step and exits 0
+            signal.raise_signal(signal.SIGINT)  # the loop saves after this step and exits 130
         return out
     monkeypatch.setattr(ganzoo.loop, "one_step", ctrl_c_after_step_2)
     base = ["--batch-size", "8", "--width", "4", "--image-size", "16", "--log-every", "1", "--g-lr", "4e-4",
@@ -88,7 +88,7 @@ def test_lr_decay_linear_falls_to_zero_at_steps_and_resumes_bitwise(tmp_path, mo
     rows = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr_g"] for r in rows] == pytest.approx([4e-4, 3e-4, 2e-4, 1e-4])
     assert [r["lr_d"] for r in rows] == pytest.approx([2e-4, 1.5e-4, 1e-4, 0.5e-4])
-    assert run_main("dcgan", base + ["--steps", "4", "--out", tmp_path / "half"]) == 0
+    assert run_main("dcgan", base + ["--steps", "4", "--out", tmp_path / "half"]) == 130
     assert torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=True)["step"] == 2
     assert run_main("dcgan", ["--resume", tmp_path / "half", "--steps", "4", "--no-progress"]) == 0
     (_, wf), (ch, wh) = weights(tmp_path / "full"), weights(tmp_path / "half")
@@ -106,6 +106,52 @@ def test_resume_keeps_settings_and_rejects_changes(tmp_path, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert "--image-size" in line and "resumed run keeps its settings" in line
     assert weights(tmp_path / "r")[0]["step"] == 4  # the good checkpoint is untouched
+
+
+def test_resume_auto_starts_a_run_continues_it_bitwise_and_keeps_every_check(tmp_path, capsys):
+    """--resume auto with the original command: an empty --out starts the run, a run is continued
+    (the weights equal an uninterrupted run's), a changed setting or another model is refused as
+    --resume RUN refuses it; without --out it is one line and exit 2."""
+    flags = ["--batch-size", "8", "--width", "4", "--image-size", "16", "--log-every", "3", "--sample-every", "3",
+             "--checkpoint-every", "3", "--no-progress", "--amp", "auto"]
+    assert run_main("dcgan", flags + ["--steps", "6", "--out", tmp_path / "full"]) == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_main("dcgan", flags + ["--steps", "3", "--out", run, "--resume", "auto"]) == 0  # empty: starts
+    assert weights(run)[0]["step"] == 3
+    assert run_main("dcgan", flags + ["--steps", "6", "--out", run, "--resume", "auto"]) == 0  # continues
+    (cf, wf), (cr, wr) = weights(tmp_path / "full"), weights(run)
+    assert cr["step"] == 6 and all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [3, 6]
+    capsys.readouterr()
+    assert run_main("dcgan", flags + ["--steps", "9", "--out", run, "--resume", "auto", "--seed", "3"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--seed 0" in line and "a resumed run keeps its settings" in line
+    assert run_main("wgan", flags + ["--steps", "9", "--out", run, "--resume", "auto"]) == 2
+    assert "is a dcgan checkpoint; use dcgan.py" in one_error_line(capsys.readouterr().err)
+    assert run_main("dcgan", TINY + ["--resume", "auto"]) == 2
+    assert one_error_line(capsys.readouterr().err).endswith("--resume auto: continues the run in --out, or starts "
+                                                            "it there; give --out")
+    assert weights(run)[0]["step"] == 6  # nothing refused was written
+
+
+def test_resume_auto_starts_again_a_run_killed_before_its_first_checkpoint(tmp_path, capsys):
+    """A run killed before its first checkpoint left config.json, metrics and grids: a new run
+    refuses that folder, --resume auto (a restarted job) starts the run again there, unless
+    its config.json is another model's."""
+    run = tmp_path / "run"
+    assert run_main("dcgan", TINY + ["--out", run]) == 0
+    (run / "checkpoint.pt").unlink()
+    capsys.readouterr()
+    assert run_main("dcgan", TINY + ["--out", run]) == 2
+    assert "already holds a run" in one_error_line(capsys.readouterr().err)
+    assert run_main("dcgan", TINY + ["--out", run, "--resume", "auto"]) == 0
+    assert weights(run)[0]["step"] == 4
+    assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    (run / "checkpoint.pt").unlink()
+    capsys.readouterr()
+    assert run_main("began", TINY + ["--out", run, "--resume", "auto"]) == 2
+    assert "holds a dcgan run (config.json); give another --out" in one_error_line(capsys.readouterr().err)
 
 
 class NaNAt5(dcgan.DCGAN):
@@ -133,7 +179,10 @@ def test_divergence_stops_and_keeps_the_good_checkpoint(tmp_path, capsys):
     assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["nets"]["G"].values())
 
 
-def test_ctrl_c_saves_and_exits_0(tmp_path):
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_save_draw_a_grid_and_exit_128_plus_the_signal(tmp_path, sig, code):
+    """Stopped before its first --sample-every: the checkpoint of the step reached, a grid of
+    that step (and the timeline), one line that says so, and exit 130 (SIGINT) or 143 (SIGTERM)."""
     out = tmp_path / "r"
     p = subprocess.Popen([sys.executable, str(ROOT / "dcgan.py"), "--steps", "100000", "--batch-size", "8",
                           "--width", "4", "--image-size", "16", "--log-every", "1", "--no-progress",
@@ -142,12 +191,17 @@ def test_ctrl_c_saves_and_exits_0(tmp_path):
     while time.time() < deadline and not ((out / "metrics.jsonl").exists()
                                           and (out / "metrics.jsonl").read_text().count("\n") >= 3):
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err
-    assert "interrupted at step" in err and "Traceback" not in err
+    assert p.returncode == code, err
+    assert "Traceback" not in err
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert 3 <= ck["step"] < 100000
+    assert 3 <= ck["step"] < 250  # before the first grid of --sample-every 250
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"dcgan: interrupted by {sig.name} at step {ck['step']} of 100000; saved ")
+    assert f"samples in {out / 'samples'}" in last and "--resume auto" in last
+    assert [f.name for f in (out / "samples").iterdir()] == [f"step_{ck['step']:06d}.png"]
+    assert (out / "timeline.gif").exists() and not list(out.glob("*.tmp"))
     assert run_main("dcgan", ["--resume", out, "--steps", str(ck["step"] + 2), "--no-progress"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == ck["step"] + 2
 

@@ -1,11 +1,15 @@
 """Several ranks on one node (torchrun, gloo on the CPU): a folder decoded once a node and the
 others mapping the decoded copy; the judge made ready before the ranks first wait on each other;
-the CUDA device a rank picks under launchers that show it all GPUs or only its own."""
+the CUDA device a rank picks under launchers that show it all GPUs or only its own; a job
+restarted by torchrun continues with --resume auto, SIGTERM stops every rank at one step, a
+lost rank stops the others with one line."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -215,10 +219,11 @@ def test_init_distributed_sets_the_visible_gpu_under_a_one_gpu_a_task_launcher(m
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("set_device", i))
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **k: calls.setdefault("backend", backend))
     monkeypatch.setattr(scale, "patient_group", lambda: calls.setdefault("patient_group", True))
+    monkeypatch.setattr(scale, "vote_group", lambda: calls.setdefault("vote_group", True))
     import argparse
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # each task sees only its own GPU
     assert scale.init_distributed(argparse.Namespace(device="auto")) == torch.device("cuda", 0)
-    assert calls == {"set_device": 0, "backend": "nccl", "patient_group": True}  # not set_device(1)
+    assert calls == {"set_device": 0, "backend": "nccl", "patient_group": True, "vote_group": True}  # not device 1
     calls.clear()
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # torchrun: every rank sees both
     assert scale.init_distributed(argparse.Namespace(device="cuda")) == torch.device("cuda", 1)
@@ -257,3 +262,141 @@ def test_sync_bn_is_converted_before_compile_and_keeps_the_optimizers_parameters
     plain.G.eval()
     z = torch.randn(2, args.z_dim)
     torch.testing.assert_close(model.G(z), plain.G(z))
+
+
+# ---- issue 41: restarts, preemption and lost ranks under torchrun ---------------------------
+
+RANK_PROBE = """
+    import json, os, signal, sys, time
+    from pathlib import Path
+    import common, dcgan
+    from ganzoo import loop
+    out, kill_at, slow, argv = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    real = loop.one_step
+
+    def one_step(model, args, batches, amp, step, bad):  # rank 1 of the first attempt dies after step kill_at
+        result = real(model, args, batches, amp, step, bad)
+        time.sleep(slow)
+        if step + 1 == kill_at and os.environ["RANK"] == "1" and attempt == "0":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    loop.one_step = one_step
+    code = common.main(dcgan.DCGAN, dcgan.build_parser(), argv)
+    (out / f"rank{os.environ['RANK']}-attempt{attempt}.json").write_text(json.dumps({"code": code}))
+    sys.exit(code)
+"""
+JOB = ["--steps", "24", "--batch-size", "8", "--width", "4", "--image-size", "16", "--log-every", "2",
+       "--sample-every", "8", "--checkpoint-every", "5", "--no-progress", "--device", "cpu"]
+
+
+def _job(tmp_path, *args, restarts=0, kill_at=0, slow=0.0, background=False):
+    """torchrun, 2 gloo ranks, of RANK_PROBE (dcgan.py's main) with JOB's flags and args; each
+    rank's stderr in tmp_path/logs, its exit status in tmp_path/rank<r>-attempt<n>.json."""
+    script = tmp_path / "probe.py"
+    script.write_text(textwrap.dedent(RANK_PROBE))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--max-restarts", str(restarts), "--log-dir", str(tmp_path / "logs"), "--redirects", "2",
+           str(script), str(tmp_path), str(kill_at), str(slow), *JOB, *map(str, args)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return p if background else (p, *p.communicate(timeout=300))
+
+
+def _code(tmp_path, rank, attempt=0):
+    """The exit status main() returned in that rank of that attempt."""
+    return json.loads((tmp_path / f"rank{rank}-attempt{attempt}.json").read_text())["code"]
+
+
+def _codes(tmp_path, attempt=0):
+    return [_code(tmp_path, r, attempt) for r in (0, 1)]
+
+
+def _rank_err(tmp_path, rank, attempt=0):
+    """What the rank wrote to stderr (torchrun --redirects: logs/<run id>/attempt_<n>/<rank>/stderr.log)."""
+    (f,) = (tmp_path / "logs").glob(f"*/attempt_{attempt}/{rank}/stderr.log")
+    return f.read_text()
+
+
+def _weights(run):
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    return ck["step"], {f"{n}.{k}": v for n, sd in ck["nets"].items() for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The job's weights when nothing stops it (2 ranks, 24 steps)."""
+    d = tmp_path_factory.mktemp("whole")
+    p, _, err = _job(d, "--out", d / "run")
+    assert p.returncode == 0, err
+    step, w = _weights(d / "run")
+    assert step == 24
+    return w
+
+
+def test_a_worker_killed_mid_run_restarts_with_resume_auto_and_ends_bitwise_equal(tmp_path, uninterrupted):
+    """torchrun --max-restarts 1, rank 1 SIGKILLed after step 13 (checkpoint at 10): rank 0 stops
+    with one line, torchrun restarts both with the same command, --resume auto continues from
+    step 10, and the job's weights equal the uninterrupted job's bitwise."""
+    run = tmp_path / "run"
+    p, _, err = _job(tmp_path, "--out", run, "--resume", "auto", restarts=1, kill_at=13)
+    assert p.returncode == 0, err
+    assert _code(tmp_path, 0) == 1 and not (tmp_path / "rank1-attempt0.json").exists()  # killed
+    assert _codes(tmp_path, 1) == [0, 0]
+    lost = _rank_err(tmp_path, 0, 0)
+    assert "Traceback" not in lost
+    assert lost.strip().splitlines()[-1] == (f"dcgan: rank 0: lost rank 1 at step 13 (its process ended); stopped. "
+                                             f"Last checkpoint: {run / 'checkpoint.pt'} (step 10); a restart with "
+                                             "--resume auto continues from it")
+    assert "steps 10->24" in _rank_err(tmp_path, 0, 1)
+    step, w = _weights(run)
+    assert step == 24 and all(torch.equal(w[k], v) for k, v in uninterrupted.items())
+    assert [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()] == list(range(2, 25, 2))
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_auto_continues_exactly(tmp_path, uninterrupted):
+    """SIGTERM to torchrun (a scheduler's preemption): torchrun passes it to the ranks, which
+    agree on one step; rank 0 saves one checkpoint there and draws its grid; each rank says so
+    in one line and exits 143. The same command with --resume auto ends where the
+    uninterrupted job does, bitwise."""
+    run = tmp_path / "run"
+    p = _job(tmp_path, "--out", run, "--resume", "auto", slow=0.3, background=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists()
+                                          and (run / "metrics.jsonl").read_text().count("\n") >= 1):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=120)
+    assert _codes(tmp_path) == [143, 143]
+    step = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    assert 2 <= step < 24 and not list(run.glob("*.tmp"))
+    err0, err1 = _rank_err(tmp_path, 0), _rank_err(tmp_path, 1)
+    assert "Traceback" not in err0 + err1
+    assert err0.strip().splitlines()[-1].startswith(f"dcgan: interrupted by SIGTERM at step {step} of 24; saved "
+                                                     f"{run / 'checkpoint.pt'}, samples in {run / 'samples'}")
+    assert err1.strip().splitlines() == [f"dcgan: rank 1: interrupted by SIGTERM at step {step} with the other ranks; "
+                                         f"rank 0 saved {run / 'checkpoint.pt'}"]
+    assert (run / "samples" / f"step_{step:06d}.png").exists()
+    again = tmp_path / "again"
+    again.mkdir()
+    p, _, err = _job(again, "--out", run, "--resume", "auto")
+    assert p.returncode == 0, err
+    assert f"steps {step}->24" in _rank_err(again, 0)
+    end, w = _weights(run)
+    assert end == 24 and all(torch.equal(w[k], v) for k, v in uninterrupted.items())
+
+
+def test_a_lost_rank_stops_the_others_in_seconds_with_one_line(tmp_path):
+    """No restarts: rank 1 dies after step 7 (checkpoint at 5); rank 0 sees its collective fail
+    at once and exits 1 with one line (the lost rank, the last checkpoint), no traceback."""
+    run = tmp_path / "run"
+    t0 = time.time()
+    p, _, err = _job(tmp_path, "--out", run, kill_at=7, slow=0.05)
+    assert p.returncode != 0 and time.time() - t0 < 60
+    assert _code(tmp_path, 0) == 1 and not (tmp_path / "rank1-attempt0.json").exists()
+    err0 = _rank_err(tmp_path, 0)
+    assert "Traceback" not in err0 and "Traceback" not in _rank_err(tmp_path, 1)
+    lines = [l for l in err0.strip().splitlines() if ": lost " in l]
+    assert lines == [f"dcgan: rank 0: lost rank 1 at step 7 (its process ended); stopped. Last checkpoint: "
+                     f"{run / 'checkpoint.pt'} (step 5); a restart with --resume auto continues from it"]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 5
