@@ -13,7 +13,7 @@ import torch
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import load_run_data, to_signed
 from .errors import UserError
-from .images import grid, save_gif, save_png, slerp
+from .images import save_gif, save_png, slerp, to_uint8
 from .scale import pick_device
 
 
@@ -55,23 +55,81 @@ def picture_bytes(n: int, shape, frames: int = 1, extra_rows: int = 0) -> int:
     return frames * (rows * (h + 2) + 2) * (cols * (w + 2) + 2) * c
 
 
-def check_picture(n: int, shape, frames: int = 1, extra_rows: int = 0) -> None:
-    """Refuse, in one line and before anything is generated, a --n whose picture cannot fit."""
-    if picture_bytes(n, shape, frames, extra_rows) <= MAX_PICTURE_BYTES:
+def memory_needed(n: int, shape, z_size: int, frames: int = 1, extra_rows: int = 0) -> int:
+    """Bytes of RAM that drawing and saving the picture takes at its peak (an estimate): the n
+    latents (float32, four keys for a walk), the uint8 picture (all frames of a walk), PIL's
+    copy of it for the encoder (4 bytes a pixel for RGB, 1 for grey; a walk keeps a 1-byte
+    palette copy of each frame), and one chunk of CHUNK samples with G's work on them (taken
+    as 8 floats a pixel value)."""
+    c, h, w = shape
+    picture = picture_bytes(n, shape, frames, extra_rows)
+    pixels = picture // c
+    copy = pixels if frames > 1 else pixels * (4 if c == 3 else 1)
+    latents = (4 if frames > 1 else 1) * n * z_size * 4
+    return latents + picture + copy + min(n, CHUNK) * c * h * w * 4 * 8
+
+
+def available_memory() -> int:
+    """Bytes of RAM free for new allocations now: Linux's MemAvailable, else half the RAM."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2 ** 30
+
+
+def check_picture(n: int, shape, frames: int = 1, extra_rows: int = 0, z_size: int = 0) -> None:
+    """Refuse, in one line and before anything is generated, a --n whose picture cannot fit: over
+    MAX_PICTURE_BYTES of pixels, or needing more RAM than is available (memory_needed)."""
+    avail = available_memory()
+
+    def fits(k):
+        return picture_bytes(k, shape, frames, extra_rows) <= MAX_PICTURE_BYTES and \
+            memory_needed(k, shape, z_size, frames, extra_rows) <= avail
+    if fits(n):
         return
-    lo, hi = 1, n  # the largest n that fits
+    lo, hi = 0, n  # the largest n that fits
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if picture_bytes(mid, shape, frames, extra_rows) <= MAX_PICTURE_BYTES else (lo, mid - 1)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     what = f"a walk of {frames} frames" if frames > 1 else "a grid"
     gib = picture_bytes(n, shape, frames, extra_rows) / 2 ** 30
-    raise UserError(f"--n {n}: {what} of {n} {shape[2]}x{shape[1]} images would take {gib:,.1f} GiB; "
-                    f"give --n {lo} or fewer")
+    if gib > MAX_PICTURE_BYTES / 2 ** 30:
+        why = f"would take {gib:,.1f} GiB of pixels, over the {MAX_PICTURE_BYTES / 2 ** 30:.0f} GiB a picture may take"
+    else:
+        why = (f"needs about {memory_needed(n, shape, z_size, frames, extra_rows) / 2 ** 30:,.1f} GiB of memory "
+               f"to draw, over the {avail / 2 ** 30:,.1f} GiB available now")
+    instead = f"give --n {lo} or fewer" if lo else "free some memory"
+    raise UserError(f"--n {n}: {what} of {n} {shape[2]}x{shape[1]} images {why}; {instead} "
+                    "(for more samples, draw several with other --seed values)")
 
 
-def generate_chunked(model, z: torch.Tensor) -> torch.Tensor:
-    """generate() over z in chunks of CHUNK, on the CPU: G's activations stay bounded whatever --n."""
-    return torch.cat([generate(model, zc.to(model.device)).float().cpu() for zc in z.split(CHUNK)])
+def draw_grid(model, z: torch.Tensor, first: torch.Tensor | None = None, nrow=None, pad: int = 2) -> np.ndarray:
+    """images.grid(torch.cat([first, generate(model, z)]), nrow, pad), generated CHUNK samples at
+    a time straight into the uint8 picture: the picture and one chunk in memory, whatever --n
+    (all n float samples first took 4 bytes a value, and grid()'s conversion as much again)."""
+    c, h, w = model.shape
+    n0 = 0 if first is None else len(first)
+    n = n0 + len(z)
+    cols = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.uint8)
+
+    def put(start, imgs):  # uint8 (B, H, W, C) at positions start, start + 1, ...
+        for j, img in enumerate(imgs):
+            r, q = divmod(start + j, cols)
+            out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
+    if first is not None:
+        put(0, to_uint8(first))
+    for i in range(0, len(z), CHUNK):
+        put(n0 + i, to_uint8(generate(model, z[i:i + CHUNK].to(model.device))))
+    return out
 
 
 def check_image_out(out: Path, gif: bool) -> None:
@@ -105,7 +163,9 @@ def sample(model_cls, args) -> int:
     check_image_out(Path(args.out or p.parent / ("walk.gif" if args.interpolate else "sample.png")), args.interpolate)
     device = pick_device(args.device)
     model = model_from_checkpoint(model_cls, ckpt, p, device)
-    check_picture(args.n, model.shape, frames=64 if args.interpolate else 1, extra_rows=int(bool(args.real_row)))
+    z_size = model.sample_z(1, generator=torch.Generator(), device=torch.device("cpu")).numel()
+    check_picture(args.n, model.shape, frames=64 if args.interpolate else 1, extra_rows=int(bool(args.real_row)),
+                  z_size=z_size)
     g = torch.Generator().manual_seed(args.seed)
     if args.interpolate:
         out = Path(args.out or p.parent / "walk.gif")
@@ -114,16 +174,15 @@ def sample(model_cls, args) -> int:
         frames = []
         for a, b in zip(keys[:-1], keys[1:]):
             for t in np.linspace(0, 1, 16, endpoint=False):
-                frames.append(grid(generate_chunked(model, slerp(a, b, float(t)))))
+                frames.append(draw_grid(model, slerp(a, b, float(t))))
         save_gif(frames, out, ms=80)
     else:
         out = Path(args.out or p.parent / "sample.png")
         z = model.sample_z(args.n, generator=g, device=torch.device("cpu"))
-        fake = generate_chunked(model, z)
         cols = math.ceil(math.sqrt(args.n))
-        if args.real_row:  # one row of real images first, the samples below it
-            fake = torch.cat([real_images(ckpt["config"], cols, args.seed), fake])
-        save_png(grid(fake, nrow=cols), out)
+        # --real-row: one row of real images first, the samples below it
+        first = real_images(ckpt["config"], cols, args.seed) if args.real_row else None
+        save_png(draw_grid(model, z, first, nrow=cols), out)
     print(f"wrote {out} ({args.n} {'walks' if args.interpolate else 'samples'} from step {ckpt['step']})",
           file=sys.stderr)
     return 0
