@@ -3,6 +3,7 @@
 EMA of G's weights."""
 from __future__ import annotations
 
+import collections
 import copy
 import datetime
 import os
@@ -166,28 +167,35 @@ class StopVote:
     """Whether the ranks were asked to stop (SIGINT, SIGTERM), agreed every step without
     waiting for the device. Each step every rank posts the signal it got (0: none) in an
     all-reduce (MAX) of a host tensor on a gloo group, run in the background, and reads the
-    result of the previous step's: every rank learns of a stop at the same step, one step
-    after the signal. The host waits only for a rank whose host lags a step behind.
+    result of the one posted `lag` steps before: every rank learns of a stop at the same step,
+    `lag` steps after the signal, and the host waits only for a rank that lags that far behind.
 
         vote = StopVote()
         signum = vote(stop.signum, last=step == steps)   # after each step; nonzero: stop now
     """
 
-    def __init__(self):
-        self.work = self.buf = None
+    def __init__(self, lag: int = 2):
+        self.lag, self.posted = lag, collections.deque()
 
     def __call__(self, signum: int, last: bool = False) -> int:
         if world() == 1:
             return signum
+        if not last:
+            buf = torch.tensor([signum], dtype=torch.int32)
+            self.posted.append((buf, torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.MAX,
+                                                                   group=vote_group(), async_op=True)))
         agreed = 0
-        if self.work is not None:
-            self.work.wait()
-            agreed, self.work = int(self.buf[0]), None
-        if not agreed and not last:  # nothing left outstanding when the loop ends
-            self.buf = torch.tensor([signum], dtype=torch.int32)
-            self.work = torch.distributed.all_reduce(self.buf, op=torch.distributed.ReduceOp.MAX,
-                                                     group=vote_group(), async_op=True)
+        while len(self.posted) > (0 if last else self.lag):
+            agreed = max(agreed, self.read())
+        if agreed:  # every rank posted the same ones: read them all, nothing is left outstanding
+            while self.posted:
+                self.read()
         return agreed
+
+    def read(self) -> int:
+        buf, work = self.posted.popleft()
+        work.wait()
+        return int(buf[0])
 
 
 def same_on_all_ranks(value: int) -> bool:
