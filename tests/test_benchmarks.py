@@ -54,3 +54,17 @@ def test_d_memorisation_reads_d_on_trained_and_held_out_images(tmp_path, capsys)
     capsys.readouterr()
     assert d_memorisation.main([str(tmp_path / "all")]) == 2
     assert "--limit" in one_error_line(capsys.readouterr().err)
+
+
+def test_folder_cache_check_times_the_check_of_a_synthetic_cache_and_deletes_it(tmp_path, capsys):
+    import folder_cache
+    folder_cache.main(["--check", "--n", "300", "--image-size", "16", "--dir", str(tmp_path), "--repeats", "2",
+                       "--markdown"])
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert first.startswith("CPU") and "features" in first and "GiB RAM" in first
+    assert "300 images 3x16x16 uint8: 0.00 GB" in first  # 230,528 bytes with the .npy header
+    rows = {l.split("|")[1].strip(): l for l in out.splitlines() if l.startswith("| ")}
+    assert {"cold: the check", "warm: the check (median of 2)", "build: the checksums a first run writes"} <= set(rows)
+    assert all(float(r.split("|")[2]) > 0 for k, r in rows.items() if k != "what")
+    assert list(tmp_path.iterdir()) == []  # the synthetic cache is deleted
