@@ -271,15 +271,15 @@ RANK_PROBE = """
     from pathlib import Path
     import common, dcgan
     from ganzoo import loop
-    out, kill_at, slow, argv = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+    out, kill_at, slow, sig, argv = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5:]
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     real = loop.one_step
 
-    def one_step(model, args, batches, amp, step, bad):  # rank 1 of the first attempt dies after step kill_at
+    def one_step(model, args, batches, amp, step, bad):  # rank 1 of the first attempt gets sig after step kill_at
         result = real(model, args, batches, amp, step, bad)
         time.sleep(slow)
         if step + 1 == kill_at and os.environ["RANK"] == "1" and attempt == "0":
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, sig))
         return result
     loop.one_step = one_step
     code = common.main(dcgan.DCGAN, dcgan.build_parser(), argv)
@@ -290,7 +290,7 @@ JOB = ["--steps", "24", "--batch-size", "8", "--width", "4", "--image-size", "16
        "--sample-every", "8", "--checkpoint-every", "5", "--no-progress", "--device", "cpu"]
 
 
-def _job(tmp_path, *args, restarts=0, kill_at=0, slow=0.0, background=False):
+def _job(tmp_path, *args, restarts=0, kill_at=0, slow=0.0, sig="SIGKILL", background=False):
     """torchrun, 2 gloo ranks, of RANK_PROBE (dcgan.py's main) with JOB's flags and args; each
     rank's stderr in tmp_path/logs, its exit status in tmp_path/rank<r>-attempt<n>.json."""
     script = tmp_path / "probe.py"
@@ -298,7 +298,7 @@ def _job(tmp_path, *args, restarts=0, kill_at=0, slow=0.0, background=False):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "--max-restarts", str(restarts), "--log-dir", str(tmp_path / "logs"), "--redirects", "2",
-           str(script), str(tmp_path), str(kill_at), str(slow), *JOB, *map(str, args)]
+           str(script), str(tmp_path), str(kill_at), str(slow), sig, *JOB, *map(str, args)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return p if background else (p, *p.communicate(timeout=300))
 
@@ -384,6 +384,17 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_auto_contin
     assert f"steps {step}->24" in _rank_err(again, 0)
     end, w = _weights(run)
     assert end == 24 and all(torch.equal(w[k], v) for k, v in uninterrupted.items())
+
+
+def test_a_signal_to_one_rank_stops_both_two_steps_later(tmp_path):
+    """SIGINT to rank 1 alone after step 6: the ranks' vote stops both after step 8 (two steps
+    later, the same step in both), rank 0 saves there, both exit 130."""
+    run = tmp_path / "run"
+    p, _, err = _job(tmp_path, "--out", run, kill_at=6, sig="SIGINT")
+    assert _codes(tmp_path) == [130, 130], err
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 8
+    assert "interrupted by SIGINT at step 8 of 24" in _rank_err(tmp_path, 0)
+    assert _rank_err(tmp_path, 1).strip().startswith("dcgan: rank 1: interrupted by SIGINT at step 8 with the other")
 
 
 def test_a_lost_rank_stops_the_others_in_seconds_with_one_line(tmp_path):
