@@ -197,6 +197,8 @@ def train(model: str, seed: int, run_dir: Path, args, script_args, env=None) -> 
         except KeyboardInterrupt:  # the script saves a checkpoint on Ctrl-C too: let it finish
             proc.wait()
             raise
+    if rc in (130, 143):
+        raise KeyboardInterrupt  # the script was stopped (Ctrl-C, SIGTERM) and saved a checkpoint
     if rc != 0:
         lines = (run_dir / "train.log").read_text().strip().splitlines()
         return f"exit {rc}: {lines[-1] if lines else ''}"

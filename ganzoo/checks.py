@@ -44,6 +44,10 @@ def check_values(args, min_batch: int = 1) -> None:
         raise UserError(f"--workers {args.workers}: 0 (decode in this process) or more")
     if args.batch_size < min_batch:
         raise UserError(f"--batch-size {args.batch_size}: this model needs at least {min_batch} images a batch")
+    keep = getattr(args, "keep_every", 0) or 0
+    if keep < 0 or keep % args.checkpoint_every:
+        raise UserError(f"--keep-every {keep}: 0 (off) or a multiple of --checkpoint-every ({args.checkpoint_every}): "
+                        "snapshots are kept at the checkpoints whose step is a multiple of it")
 
 
 def machine_memory(device: str) -> int:

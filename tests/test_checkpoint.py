@@ -291,3 +291,11 @@ def test_a_run_removes_the_temporaries_of_killed_writers_never_a_live_ones(tmp_p
         sleeper.kill()
         sleeper.wait()
     assert remove_stale_temporaries(run) == (1, 10) and not live[0].exists()  # its writer is gone now
+
+
+def test_keep_every_is_a_multiple_of_checkpoint_every(tmp_path, capsys):
+    for keep in ("3", "-2"):
+        assert run_main("dcgan", TINY + ["--keep-every", keep, "--out", tmp_path / "r"]) == 2
+        assert f"--keep-every {keep}: 0 (off) or a multiple of --checkpoint-every (2)" in \
+            one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()

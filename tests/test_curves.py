@@ -130,7 +130,7 @@ def test_the_table_compare_py_writes_reads_back(tmp_path):
     """compare.report's own results.md (two models, two seeds, a failed run) gives back each
     model's mean and std of the runs, to the digits the table prints; its title names the models."""
     args = types.SimpleNamespace(image_size=(28, 28), models=["lsgan", "ebgan"], dataset="fashion-mnist",
-                                 steps=3000, n=100)
+                                 steps=3000, n=100, fid=False)
     judge = types.SimpleNamespace(stacked=False, device=torch.device("cpu"), source="fashion-mnist", accuracy=0.9)
     keys = ["classes", "kl", "confident", "fd", "kid", "precision", "recall", "density", "coverage"]
     rng = np.random.default_rng(0)
