@@ -128,8 +128,17 @@ class Progress:
         if not self.estimated and self.ready(now):
             self.estimated = True
             self.write(self.estimate(now))
-        if self.lines and now - self.t_line >= self.interval:
+        if self.lines and now - self.t_line >= self.interval and not self.row_soon(now):
             self.line(now)
+
+    def row_soon(self, now: float) -> bool:
+        """A metrics row (and its line) comes at this step, or within a quarter of the interval:
+        the line waits for it rather than printing the same step twice."""
+        every = self.config.get("log_every") or 0
+        if self.n >= self.total or (every and self.n % every == 0):
+            return True
+        r = self.rate(now)
+        return bool(every and r and (every - self.n % every) / r < self.interval / 4)
 
     def ready(self, now: float) -> bool:
         """Enough timed steps for the estimate: ESTIMATE_STEPS over ESTIMATE_SECONDS (no more than

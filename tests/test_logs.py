@@ -127,8 +127,25 @@ def test_no_estimate_from_the_warm_up_steps_nor_at_the_last_step(capsys):
     clock = Clock()
     bar = logs.Progress(3, 0, "dcgan", "lines", {}, clock=clock)
     _steps(bar, clock, 3, 40.0)  # the lines have no speed before a timed step, and no estimate comes at the end
-    assert capsys.readouterr().err == "dcgan: step 1/3 (33.3%)\ndcgan: step 2/3 (66.7%)\n" \
-                                      "dcgan: step 3/3 (100.0%), 0.025 steps/s, 0s left\n"
+    assert capsys.readouterr().err == "dcgan: step 1/3 (33.3%)\ndcgan: step 2/3 (66.7%)\n"  # the last: its row's
+    bar.at_row({"step": 3, "loss_d": 0.5})
+    assert capsys.readouterr().err == "dcgan: step 3/3 (100.0%), 0.025 steps/s, 0s left, loss_d 0.5\n"
+
+
+def test_a_line_due_at_or_just_before_a_row_waits_for_the_row(capsys):
+    """One line a step: when the interval ends at a row's step, or a quarter-interval before it,
+    only the row's line (with its new losses) is printed, not the interval's with the old ones."""
+    from ganzoo import logs
+    clock = Clock()
+    bar = logs.Progress(1000, 0, "dcgan", "lines", {"log_every": 50}, clock=clock)
+    _steps(bar, clock, 49, 30 / 49)  # 30 s at step 49: the row at 50 is 0.6 s away
+    assert capsys.readouterr().err.count("step 49/") == 0
+    _steps(bar, clock, 1, 30 / 49)
+    bar.at_row({"step": 50, "loss_d": 0.25})
+    assert capsys.readouterr().err.endswith("dcgan: step 50/1000 (5.0%), 1.63 steps/s, 9m42s left, loss_d 0.25\n")
+    _steps(bar, clock, 20, 2.0)  # 40 s: the row at 100 is 60 s away, so the line comes now
+    err = capsys.readouterr().err
+    assert err.startswith("dcgan: step 6") and err.count("\n") == 1
 
 
 def test_start_bar_picks_bar_lines_or_quiet(tmp_path, monkeypatch, capsys):
