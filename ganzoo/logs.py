@@ -221,10 +221,12 @@ def truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(k + "\n" for k in keep))
 
 
-def tensorboard(run_dir):
+def tensorboard(run_dir, purge_step=None):
+    """TensorBoard's writer; purge_step (a resumed run's step): TensorBoard drops the earlier files'
+    events from that step on, which the crashed or preempted run wrote after its checkpoint."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-        return SummaryWriter(str(run_dir))
+        return SummaryWriter(str(run_dir), purge_step=purge_step)
     except Exception:  # noqa: BLE001 - tensorboard is optional at run time
         return None
 
@@ -240,7 +242,7 @@ class RunWriter:
         self.metrics = run_dir / "metrics.jsonl"
         truncate_metrics(self.metrics, start) if resumed else self.metrics.write_text("")
         self.checkpoint_path = run_dir / CHECKPOINT
-        self.tb = tensorboard(run_dir)
+        self.tb = tensorboard(run_dir, start + 1 if resumed else None)
         self.bar = NoBar()
         removed, freed = remove_stale_temporaries(run_dir)  # the lock is held: no other writer here
         if removed:

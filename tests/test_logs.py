@@ -201,3 +201,21 @@ def test_a_job_log_says_where_the_run_is(tmp_path):
     estimate = [i for i, l in enumerate(lines) if l.startswith("dcgan: estimate: steps 0->400 take about ")]
     assert len(estimate) == 1 and estimate[0] < lines.index(rows[0]), err
     assert "\r" not in err and "it/s" not in err  # plain lines, no bar
+
+
+def test_a_resumed_run_purges_the_tensorboard_steps_written_after_its_checkpoint(tmp_path):
+    """A run killed after its checkpoint at step 2 had logged step 4; the resumed run logs step 4
+    anew: TensorBoard shows each step once, the resumed run's value (purge_step, as
+    metrics.jsonl is truncated)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    w = RunWriter(run, {"model": "x"}, start=0, resumed=False, quiet=False)
+    w.row({"step": 2, "loss": 0.5})
+    w.row({"step": 4, "loss": 0.25})  # after the checkpoint at 2: lost with the crash
+    w.close()
+    w = RunWriter(run, {"model": "x"}, start=2, resumed=True, quiet=False)
+    w.row({"step": 4, "loss": 0.75})
+    w.close()
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(2, 0.5), (4, 0.75)]
