@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT, keep_snapshot, remove_stale_temporaries, save_checkpoint
@@ -39,6 +40,7 @@ class NoBar:
     def at_row(self, row): pass
     def close(self): pass
     def write(self, s): print(s, file=sys.stderr, flush=True)
+    def paused(self): return nullcontext()
 
 
 def stderr_is_terminal() -> bool:
@@ -173,6 +175,17 @@ class Progress:
             parts += [f"{r:.3g} steps/s", f"{duration((self.total - self.n) / r)} left"]
         self.write(", ".join(parts + [self.last] if self.last else parts))
         self.t_line = now
+
+    @contextmanager
+    def paused(self):
+        """A side job (an --eval-every evaluation): its time is not counted in the speed and the
+        time left, which are the training's."""
+        t = self.clock()
+        try:
+            yield
+        finally:
+            if self.t0 is not None:
+                self.t0 += self.clock() - t
 
     def at_row(self, row: dict) -> None:
         """A training metrics row: the bar's postfix, and in a job log a line with its losses."""

@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import torch
@@ -142,7 +142,9 @@ def _train(model_cls, args, ckpt, ckpt_file, device, data, run_dir, lead, make_e
                 if due(args.sample_every):
                     draw()
                 if evaluator and due(args.eval_every):
-                    out.row({"step": step, **evaluator(lambda n: generate_n(model, n, args.seed))}, tag="eval/")
+                    with out.bar.paused(), meter.paused():  # the speeds they show are the training's
+                        scores = evaluator(lambda n: generate_n(model, n, args.seed))
+                    out.row({"step": step, **scores}, tag="eval/")
                 if due(args.checkpoint_every) and not save():
                     raise Diverged(diverged())
                 signum = vote(stop.signum, last=step == args.steps)  # the same on every rank
@@ -360,6 +362,15 @@ class Meter:
 
     def reset(self):
         self.sums, self.n, self.t0, self.images0 = {}, 0, time.perf_counter(), self.batches.images
+
+    @contextmanager
+    def paused(self):
+        """A side job's time is left out of images/s and steps/s."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t0 += time.perf_counter() - t
 
     def add(self, scalars: dict) -> None:
         for k, v in scalars.items():

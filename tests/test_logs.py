@@ -219,3 +219,20 @@ def test_a_resumed_run_purges_the_tensorboard_steps_written_after_its_checkpoint
     acc = EventAccumulator(str(run))
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(2, 0.5), (4, 0.75)]
+
+
+def test_an_evaluation_is_not_counted_in_the_speed_nor_the_time_left(capsys):
+    """Seen: after a 4-minute --eval-every evaluation a job log said 0.351 steps/s and 4m42s left
+    for a run training at 6 steps/s; time in bar.paused() is left out."""
+    from ganzoo import logs
+    clock = Clock()
+    bar = logs.Progress(1000, 0, "dcgan", "lines", {"log_every": 100}, clock=clock)
+    _steps(bar, clock, 100, 0.5)
+    bar.at_row({"step": 100, "loss_d": 0.5})
+    capsys.readouterr()
+    with bar.paused():
+        clock.t += 240.0
+    _steps(bar, clock, 100, 0.5)
+    bar.at_row({"step": 200, "loss_d": 0.5})
+    assert capsys.readouterr().err.endswith("dcgan: step 200/1000 (20.0%), 2 steps/s, 6m40s left, loss_d 0.5\n")
+    assert isinstance(logs.NoBar().paused(), type(logs.nullcontext()))

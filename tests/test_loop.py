@@ -261,3 +261,24 @@ def test_an_unknown_optimizer_is_one_line_and_a_resume_keeps_its_own(tmp_path, c
     capsys.readouterr()
     assert run_main("wgan", ["--resume", tmp_path / "w", "--steps", "6", "--optimizer", "adam"]) == 2
     assert "--optimizer 'rmsprop'" in one_error_line(capsys.readouterr().err)  # WGAN's paper default, kept
+
+
+def test_the_meter_leaves_an_evaluation_out_of_its_speeds(monkeypatch):
+    import types
+
+    import torch
+
+    from ganzoo import loop
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
+    batches = types.SimpleNamespace(images=0, skipped=0)
+    m = loop.Meter(batches)
+    model = types.SimpleNamespace(optimizers=lambda: {})
+    for _ in range(10):
+        now[0] += 0.5
+        batches.images += 64
+        m.add({"loss": torch.tensor(1.0)})
+    with m.paused():
+        now[0] += 240.0
+    row = m.row(10, model)
+    assert (row["steps_per_s"], row["images_per_s"]) == (2.0, 128.0)
