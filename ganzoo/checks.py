@@ -13,6 +13,7 @@ from unittest import mock
 
 import torch
 
+from .checkpoint import alive
 from .errors import UserError
 from .scale import cuda_index, distributed
 
@@ -223,16 +224,6 @@ def run_model(run_dir: Path) -> str | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 class RunLock:
     """run_dir/.lock holds the pid of the one process that writes the run (the folder is
     created here). A lock whose process is gone (kill -9) is stale and taken over; a live one
@@ -252,7 +243,7 @@ class RunLock:
                     pid = int(self.path.read_text().strip() or 0)
                 except (OSError, ValueError):
                     pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
+                if pid and pid != os.getpid() and alive(pid):
                     raise UserError(f"--out {run_dir}: process {pid} is writing this run (its {LOCK}); "
                                     "wait for it to end, or give another --out")
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
