@@ -22,6 +22,17 @@ TINY = ["--steps", "4", "--batch-size", "8", "--width", "4", "--image-size", "16
         "--log-every", "2", "--sample-every", "2", "--checkpoint-every", "2", "--no-progress"]
 
 
+def random_pics(root: Path, n: int) -> Path:
+    """A folder of n random 20x24 RGB PNGs (000.png, 001.png, ...), made here."""
+    import numpy as np
+    from PIL import Image
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+    return root
+
+
 def run_script(script, *args, cwd=None, timeout=300, env=None):
     """Run a script as a user would (a subprocess); returns the CompletedProcess."""
     e = dict(os.environ)

@@ -12,7 +12,7 @@ import ganzoo.data as data_mod
 from ganzoo.batches import Batches
 from ganzoo.cli import crop_spec
 from ganzoo.data import decode_image, list_images, load_folder, to_signed
-from conftest import run_main
+from conftest import random_pics, run_main
 
 
 def pics(root, n=6):
@@ -44,14 +44,6 @@ def test_the_decoded_cache_is_built_reused_and_rebuilt(tmp_path, monkeypatch):
     assert "decoded" not in load_folder(root, (16, 16), 3, 0, 2**30, cache=False).note  # --no-cache
 
 
-def random_pics(root, n=60):
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return root
-
-
 def the_cache(tmp_path):
     (npy,) = (tmp_path / "cache" / "data").glob("*.npy")
     return npy
@@ -62,7 +54,7 @@ def test_a_cache_whose_bytes_changed_is_rebuilt_with_one_line(tmp_path, monkeypa
     size) was memory-mapped and trained on without a word. Its crc32s no longer match: one line
     names the cache and says it is rebuilt, and the data are a fresh decode's."""
     monkeypatch.setenv("GANZOO_CACHE", str(tmp_path / "cache"))
-    root = random_pics(tmp_path / "imgs")
+    root = random_pics(tmp_path / "imgs", n=60)
     fresh = load_folder(root, (16, 16), 3, 0, 2**30, cache=False).x
     assert torch.equal(load_folder(root, (16, 16), 3, 0, 2**30).x, fresh)
     npy = the_cache(tmp_path)

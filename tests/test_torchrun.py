@@ -11,12 +11,10 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, random_pics
 from ganzoo import scale
 
 
@@ -31,14 +29,6 @@ def _torchrun(tmp_path, code, *args, nproc=2, timeout=300):
                        timeout=timeout, env=env)
     out = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("rank*.json"))]
     return r, out
-
-
-def _pics(root, n=40):
-    root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
-    return root
 
 
 # ---- defect 7: a folder is decoded once a node -----------------------------------------------
@@ -64,7 +54,7 @@ LOAD = """
 
 
 def test_local_rank_0_decodes_and_the_other_ranks_map_its_copy(tmp_path):
-    folder = _pics(tmp_path / "imgs")
+    folder = random_pics(tmp_path / "imgs", n=40)
     run = tmp_path / "run"
     run.mkdir()
     r, (r0, r1) = _torchrun(run, LOAD, folder, "cache")
@@ -84,7 +74,7 @@ def test_local_rank_0_decodes_and_the_other_ranks_map_its_copy(tmp_path):
 def test_no_cache_under_torchrun_decodes_a_copy_in_each_rank(tmp_path):
     """--no-cache writes nothing, so there is nothing to share: each rank decodes its own copy
     (with its share of the budget and of the workers)."""
-    folder = _pics(tmp_path / "imgs", n=12)
+    folder = random_pics(tmp_path / "imgs", n=12)
     r, (r0, r1) = _torchrun(tmp_path, LOAD, folder, "no-cache")
     assert r.returncode == 0, r.stderr
     assert (r0["decoded"], r1["decoded"]) == (12, 12)
@@ -92,7 +82,7 @@ def test_no_cache_under_torchrun_decodes_a_copy_in_each_rank(tmp_path):
 
 
 def test_dcgan_trains_on_a_folder_in_two_ranks_decoded_once(tmp_path):
-    folder = _pics(tmp_path / "imgs")
+    folder = random_pics(tmp_path / "imgs", n=40)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(ROOT / "dcgan.py"), *TINY, "--batch-size", "4", "--device", "cpu", "--path", str(folder),
@@ -121,7 +111,7 @@ def test_over_the_node_budget_a_folder_is_streamed_in_every_rank(tmp_path, monke
     """The stream-or-map decision is the same in every rank (no rank waits for a decoding that
     another rank skipped); with --no-cache each rank's copy gets its share of the budget."""
     from ganzoo import data
-    folder = _pics(tmp_path / "imgs", n=4)
+    folder = random_pics(tmp_path / "imgs", n=4)
     nbytes = 4 * 3 * 16 * 16
     monkeypatch.setattr(data, "distributed", lambda: True)
     monkeypatch.setattr(data, "wait_for_all", lambda: None)
