@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from .data import LABELLED, STACKED, cache_dir, cache_key, load_run_data, scan_images, stacked_source
-from .errors import UserError
+from .checkpoint import atomic
+from .errors import Fault, UserError
 from .images import to_uint8
 
 WEIGHTS_ENV = "GANZOO_INCEPTION_WEIGHTS"
@@ -242,15 +243,14 @@ class Fidelity:
             return None
 
     def _save(self) -> None:
-        """Atomically; a cache that cannot be written only costs the next evaluation time."""
-        tmp = self.cache.with_name(f"{self.cache.name}.{os.getpid()}.tmp")
+        """Atomically (checkpoint.atomic); a cache that cannot be written only costs the next
+        evaluation time."""
         try:
             self.cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"version": VERSION, "real": self.real, "reference": self.reference}, tmp)
-            os.replace(tmp, self.cache)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            print(f"fid: could not cache the real features ({e.strerror or e})", file=sys.stderr)
+            with atomic(self.cache, kept="the real features are computed again next time") as tmp:
+                torch.save({"version": VERSION, "real": self.real, "reference": self.reference}, tmp)
+        except (OSError, Fault) as e:
+            print(f"fid: could not cache the real features ({getattr(e, 'strerror', None) or e})", file=sys.stderr)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float (N, C, H, W) in [-1, 1] -> (pool features, logits) of their uint8 quantisation."""
