@@ -16,7 +16,7 @@ from .checkpoint import CHECKPOINT, SNAPSHOT_GLOB, checkpoint_path
 from .cli import size_str
 from .data import LABELLED
 from .errors import UserError
-from .sample import generate, generate_n
+from .sample import generate_batches, generate_n
 
 METRICS = ("classes", "modes", "confident_modes", "kl", "confident", "fd", "kid",
            "precision", "recall", "density", "coverage")
@@ -72,16 +72,9 @@ def evaluate_model(model, ckpt: dict, where: str, device, n: int | None = None, 
 
 
 def model_features(model, n: int, f: fidelity.Fidelity, seed: int = 0, chunk: int = 500) -> tuple:
-    """The Inception features (pool, logits) of n samples, generated and scored `chunk` at a
-    time (50,000 samples never sit in memory at once); the z are generate_n's (its generator,
-    seeded seed + 2, drawing `chunk` a time), so the samples are generate_n(model, n, seed)'s."""
-    g = torch.Generator().manual_seed(seed + 2)
-    pools, logits = [], []
-    for i in range(0, n, chunk):
-        z = model.sample_z(min(chunk, n - i), generator=g, device=torch.device("cpu"))
-        p, lg = f.features(generate(model, z.to(model.device)).float().cpu())
-        pools.append(p)
-        logits.append(lg)
+    """The Inception features (pool, logits) of generate_n(model, n, seed)'s samples, generated
+    and scored `chunk` at a time (50,000 samples never sit in memory at once)."""
+    pools, logits = zip(*(f.features(x) for x in generate_batches(model, n, seed, chunk)))
     return torch.cat(pools), torch.cat(logits)
 
 

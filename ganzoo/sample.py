@@ -30,15 +30,19 @@ def generate(model, z: torch.Tensor) -> torch.Tensor:
         G.train(was)
 
 
+def generate_batches(model, n: int, seed: int = 0, batch: int = 500):
+    """generate_n's n samples, `batch` at a time (fp32, on the CPU): for a consumer that should
+    not hold them all (50,000 samples' Inception features)."""
+    g = torch.Generator().manual_seed(seed + 2)
+    for i in range(0, n, batch):
+        z = model.sample_z(min(batch, n - i), generator=g, device=torch.device("cpu"))
+        yield generate(model, z.to(model.device)).float().cpu()
+
+
 def generate_n(model, n: int, seed: int = 0, batch: int = 500) -> torch.Tensor:
     """n samples (n, C, H, W) on the CPU, from z drawn by a generator of their own (so that
     evaluating during training leaves the run's random state, and so resume, untouched)."""
-    g = torch.Generator().manual_seed(seed + 2)
-    out = []
-    for i in range(0, n, batch):
-        z = model.sample_z(min(batch, n - i), generator=g, device=torch.device("cpu"))
-        out.append(generate(model, z.to(model.device)).float().cpu())
-    return torch.cat(out)
+    return torch.cat(list(generate_batches(model, n, seed, batch)))
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
